@@ -1,0 +1,43 @@
+# Two commands do everything on a fresh machine with Python 3.10+ and make:
+#   make book   -> creates .venv, installs requirements.txt, builds the site into _build/html
+#   make test   -> same environment; unit tests + every notebook of _toc.yml under nbval in quick mode,
+#                  plus the check that committed outputs are stamped and not stale
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+READY  := $(VENV)/.requirements-installed
+# Per-cell limit for nbval; quick mode is meant to take seconds.
+CELL_TIMEOUT ?= 600
+
+.PHONY: book test venv execute check-stamps clean
+
+venv: $(READY)
+
+$(READY): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# If pip is configured with a local wheelhouse (find-links) that holds a torch wheel,
+	@# prefer it to a multi-gigabyte download; elsewhere this finds nothing and is skipped.
+	-$(BIN)/python -m pip install --quiet --no-index --no-deps "torch>=2.4" 2>/dev/null
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $(READY)
+
+book: $(READY)
+	$(BIN)/jupyter-book build . --warningiserror --keep-going
+	@test -f _build/html/index.html && echo "site written to _build/html/index.html"
+
+test: $(READY)
+	RESNORM_MODE=quick $(BIN)/python -m pytest tests \
+	    $$($(BIN)/python -m resnorm.stamps list) \
+	    --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider
+
+# Re-execute notebooks and stamp them: make execute NB="book/layernorm.ipynb" MODE=cpu
+MODE ?=
+execute: $(READY)
+	$(BIN)/python -m resnorm.execute $(if $(MODE),--mode $(MODE)) $(NB)
+
+check-stamps: $(READY)
+	$(BIN)/python -m resnorm.stamps check
+
+clean:
+	rm -rf _build

@@ -1,0 +1,136 @@
+"""The project's notebook executor: run notebooks top to bottom and stamp them.
+
+    python -m resnorm.execute [--mode quick|cpu|full] NOTEBOOK...
+
+Outputs in committed notebooks come only from this command. It sets ``RESNORM_MODE`` for
+the kernel (see :mod:`resnorm.runtime`), executes every cell with nbclient in the
+notebook's own folder, and writes back the outputs plus a stamp: device, torch version,
+mode, date, wall time and a hash of the code cells (:mod:`resnorm.stamps`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from . import __version__, stamps
+
+DEFAULT_CELL_TIMEOUT_S = 1800
+
+
+def _device_facts(mode: str) -> dict:
+    """Describe the hardware the kernel will see (the kernel runs on this machine, in this environment)."""
+    import torch
+
+    from . import runtime
+
+    dev = runtime.device()
+    if mode == "full" and dev.type != "cuda":
+        raise SystemExit(
+            "full mode is for a GPU and no CUDA device is visible; use --mode cpu "
+            "(a CPU run must never be stamped as a GPU run)"
+        )
+    dtype = runtime.amp_dtype(dev)
+    return {
+        "device": runtime.device_name(dev),
+        "device_type": dev.type,
+        "precision": "float32" if dtype is None else str(dtype).replace("torch.", ""),
+        "torch": torch.__version__.split("+")[0],
+        "torch_build": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
+
+
+def insert_stamp(nb, stamp: dict) -> None:
+    """Put the stamp in the metadata and its sentence under the title (replacing an older one)."""
+    import nbformat
+
+    nb.cells = [c for c in nb.cells if stamps.STAMP_TAG not in c.get("metadata", {}).get("tags", [])]
+    cell = nbformat.v4.new_markdown_cell(stamps.stamp_cell_source(stamp), metadata={"tags": [stamps.STAMP_TAG]})
+    first = nb.cells[0] if nb.cells else None
+    has_title = first is not None and first.cell_type == "markdown" and first.source.lstrip().startswith("# ")
+    nb.cells.insert(1 if has_title else 0, cell)
+    nb.metadata.setdefault(stamps.METADATA_KEY, {})["stamp"] = stamp
+
+
+def execute_notebook(path: str | Path, mode: str, timeout: int = DEFAULT_CELL_TIMEOUT_S, kernel_name: str = "python3") -> dict:
+    """Execute ``path`` in place and return its stamp. Raises on a failing cell (the file is left untouched)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from .runtime import MODE_ENV, MODES
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    path = Path(path)
+    if not path.exists() or path.suffix != ".ipynb":
+        raise FileNotFoundError(f"{path} is not a notebook file (.ipynb)")
+    facts = _device_facts(mode)
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:  # start clean: no output may survive from an earlier run
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    previous = os.environ.get(MODE_ENV)
+    os.environ[MODE_ENV] = mode  # inherited by the kernel process
+    try:
+        client = NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name=kernel_name,
+            resources={"metadata": {"path": str(path.parent.resolve())}},
+            record_timing=False,
+            store_widget_state=False,
+        )
+        start = time.perf_counter()
+        client.execute()
+        wall = time.perf_counter() - start
+    finally:
+        if previous is None:
+            os.environ.pop(MODE_ENV, None)
+        else:
+            os.environ[MODE_ENV] = previous
+    stamp = {
+        **facts,
+        "mode": mode,
+        "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "wall_s": round(wall, 1),
+        "code_sha256": stamps.code_hash(nb),
+        "resnorm": __version__,
+    }
+    insert_stamp(nb, stamp)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nbformat.write(nb, path)
+    return stamp
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .runtime import MODES, mode as default_mode
+
+    parser = argparse.ArgumentParser(prog="python -m resnorm.execute", description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="+", help="notebooks to execute in place")
+    parser.add_argument("--mode", choices=MODES, default=None, help="default: $RESNORM_MODE, else full on a GPU, cpu otherwise")
+    parser.add_argument("--timeout", type=int, default=DEFAULT_CELL_TIMEOUT_S, help="seconds allowed per cell")
+    args = parser.parse_args(argv)
+    mode = args.mode or default_mode()
+    failed = 0
+    for nb_path in args.notebooks:
+        print(f"executing {nb_path} in {mode} mode ...", flush=True)
+        try:
+            stamp = execute_notebook(nb_path, mode, timeout=args.timeout)
+        except Exception as exc:  # report every notebook, then fail
+            failed += 1
+            print(f"FAILED {nb_path}: {type(exc).__name__}: {str(exc)[-3000:]}", file=sys.stderr, flush=True)
+            continue
+        print(f"  {stamps.stamp_line(stamp)}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

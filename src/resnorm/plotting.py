@@ -1,0 +1,52 @@
+"""The book's one plot style. Every notebook calls :func:`use_style` once."""
+
+from __future__ import annotations
+
+import matplotlib as mpl
+
+# Colour-blind-safe palette (Okabe & Ito), in a fixed order so that "plain" and
+# "residual", "Post-LN" and "Pre-LN" keep their colours across chapters.
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+
+STYLE = {
+    "figure.figsize": (6.4, 3.6),
+    "figure.dpi": 110,
+    "savefig.dpi": 110,
+    "savefig.bbox": "tight",
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "legend.frameon": False,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "lines.linewidth": 1.6,
+    "axes.prop_cycle": mpl.cycler(color=PALETTE),
+    "image.cmap": "viridis",
+}
+
+# Fonts that can show the Chinese examples (我 爱 中国, 三分之二); matplotlib falls
+# back along this list, and DejaVu Sans keeps Latin text working everywhere.
+CJK_FONTS = ["Noto Sans CJK SC", "Noto Sans SC", "WenQuanYi Zen Hei", "SimHei", "Microsoft YaHei", "PingFang SC"]
+
+
+def use_style() -> None:
+    """Apply the book's style to matplotlib (idempotent)."""
+    mpl.rcParams.update(STYLE)
+    mpl.rcParams["font.sans-serif"] = ["DejaVu Sans", *CJK_FONTS]
+
+
+def color(name: str) -> str:
+    """Fixed colours for the comparisons that recur through the book."""
+    roles = {
+        "plain": PALETTE[1],
+        "residual": PALETTE[0],
+        "post_ln": PALETTE[1],
+        "pre_ln": PALETTE[0],
+        "reference": PALETTE[7],
+        "ours": PALETTE[2],
+    }
+    return roles[name]
