@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib as mpl
 
 # Colour-blind-safe palette (Okabe & Ito), in a fixed order so that "plain" and
@@ -33,10 +35,37 @@ STYLE = {
 CJK_FONTS = ["Noto Sans CJK SC", "Noto Sans SC", "WenQuanYi Zen Hei", "SimHei", "Microsoft YaHei", "PingFang SC"]
 
 
+FONT_DIR = Path(__file__).parent / "fonts"
+
+
+def _register_shipped_fonts() -> list[str]:
+    """Register fonts shipped in ``resnorm/fonts`` (a small CJK subset for the Chinese examples)."""
+    from matplotlib import font_manager
+
+    names = []
+    for path in sorted(FONT_DIR.glob("*.[ot]tf")):
+        font_manager.fontManager.addfont(str(path))
+        names.append(font_manager.FontProperties(fname=str(path)).get_name())
+    return names
+
+
 def use_style() -> None:
     """Apply the book's style to matplotlib (idempotent)."""
     mpl.rcParams.update(STYLE)
-    mpl.rcParams["font.sans-serif"] = ["DejaVu Sans", *CJK_FONTS]
+    mpl.rcParams["font.sans-serif"] = ["DejaVu Sans", *_register_shipped_fonts(), *CJK_FONTS]
+
+
+def provenance() -> str:
+    """Where a figure's data came from: mode and hardware, for captions and figure footers."""
+    from . import runtime
+
+    return f"{runtime.mode()} mode, {runtime.device_name()}"
+
+
+def stamp_figure(fig, text: str | None = None) -> None:
+    """Write the mode and hardware (and optionally what data) in the figure's lower right corner."""
+    label = provenance() if text is None else f"{text} | {provenance()}"
+    fig.text(0.995, 0.005, label, ha="right", va="bottom", fontsize=7, color="0.4")
 
 
 def color(name: str) -> str:
