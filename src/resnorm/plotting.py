@@ -52,7 +52,11 @@ def _register_shipped_fonts() -> list[str]:
 def use_style() -> None:
     """Apply the book's style to matplotlib (idempotent)."""
     mpl.rcParams.update(STYLE)
-    mpl.rcParams["font.sans-serif"] = ["DejaVu Sans", *_register_shipped_fonts(), *CJK_FONTS]
+    shipped = _register_shipped_fonts()
+    mpl.rcParams["font.sans-serif"] = ["DejaVu Sans", *shipped, *CJK_FONTS]
+    # matplotlib falls back glyph by glyph only along font.family, not along font.sans-serif:
+    # list the shipped CJK subset there so that 三分之二 renders next to Latin text.
+    mpl.rcParams["font.family"] = ["sans-serif", *shipped]
 
 
 def provenance() -> str:
