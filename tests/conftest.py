@@ -3,6 +3,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, Triton kernels can still be tested in Triton's interpreter on CPU tensors,
+# but only if the variable is set before anything imports triton (torch.compile does): set
+# it here, before any test module is collected.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 
