@@ -9,7 +9,7 @@ READY  := $(VENV)/.requirements-installed
 # Per-cell limit for nbval; quick mode is meant to take seconds.
 CELL_TIMEOUT ?= 600
 
-.PHONY: book test venv execute check-stamps clean
+.PHONY: book test test-site venv execute check-stamps clean
 
 venv: $(READY)
 
@@ -30,6 +30,18 @@ test: $(READY)
 	RESNORM_MODE=quick $(BIN)/python -m pytest tests \
 	    $$($(BIN)/python -m resnorm.stamps list) \
 	    --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider
+
+# The built site in headless Chromium (tests/site): every page of _toc.yml loads without
+# JavaScript errors or outside requests, MathJax typesets, images and internal links resolve,
+# the Colab and download buttons point to the notebook; screenshots go to _build/screenshots/.
+# Needs Debian's chromium and chromium-driver (.ci/run installs them).
+SITE_READY := $(VENV)/.site-requirements-installed
+$(SITE_READY): requirements-site.txt $(READY)
+	$(BIN)/python -m pip install --quiet -r requirements-site.txt
+	touch $(SITE_READY)
+
+test-site: book $(SITE_READY)
+	RESNORM_SITE_TEST=1 $(BIN)/python -m pytest tests/site -p no:cacheprovider
 
 # Re-execute notebooks and stamp them: make execute NB="book/layernorm.ipynb" MODE=cpu
 MODE ?=

@@ -86,7 +86,10 @@ def execute_notebook(path: str | Path, mode: str, timeout: int = DEFAULT_CELL_TI
             kernel_name=kernel_name,
             resources={"metadata": {"path": str(path.parent.resolve())}},
             record_timing=False,
-            store_widget_state=False,
+            # nbclient must track widget state while it runs: with store_widget_state=False an
+            # Output widget that prints (ipywidgets.interact does) raises KeyError inside
+            # nbclient (0.11) and the cell never finishes. The state is dropped below instead.
+            store_widget_state=True,
         )
         start = time.perf_counter()
         client.execute()
@@ -104,6 +107,10 @@ def execute_notebook(path: str | Path, mode: str, timeout: int = DEFAULT_CELL_TI
         "code_sha256": stamps.code_hash(nb),
         "resnorm": __version__,
     }
+    # No widget state in the committed notebook: it is large, and on the site it would pull the
+    # widget manager from a CDN. Widget outputs render as a "needs a live kernel" note instead
+    # (_static/resnorm.css); chapters draw a static figure of the widget's initial state.
+    nb.metadata.pop("widgets", None)
     insert_stamp(nb, stamp)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nbformat.write(nb, path)
