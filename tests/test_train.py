@@ -1,0 +1,242 @@
+"""Tests of resnorm.train and resnorm.evaluate: configs, the loop, checkpoints, decoding, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from resnorm import train
+from resnorm.train import make_config, parse_args
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+def test_presets_differ_and_validate():
+    quick, cpu, full = (make_config(p) for p in ("quick", "cpu", "full"))
+    assert quick.steps < cpu.steps and cpu.time_budget_s < full.time_budget_s
+    assert quick.d_model < full.d_model
+    assert full.compile and not cpu.compile
+    assert full.time_budget_s > 0 and full.time_budget_s <= 600  # the issue's 10-minute goal
+    for cfg in (quick, cpu, full):
+        assert cfg.label_smoothing == 0.1
+
+
+def test_default_preset_is_the_mode(monkeypatch):
+    monkeypatch.setenv("RESNORM_MODE", "quick")
+    assert make_config().preset == "quick"
+    assert parse_args([]).steps == train.PRESETS["quick"]["steps"]
+
+
+def test_key_value_overrides_are_typed():
+    cfg = parse_args(["preset=cpu", "steps=7", "lr=3e-4", "compile=true", "precision=float32", "time_budget_s=2.5",
+                      "batch_size=2e2", "out=x.pt"])
+    assert (cfg.preset, cfg.steps, cfg.lr, cfg.compile, cfg.precision) == ("cpu", 7, 3e-4, True, "float32")
+    assert cfg.time_budget_s == 2.5 and cfg.batch_size == 200 and cfg.out == "x.pt"
+    # everything not overridden keeps the preset's value
+    assert cfg.d_model == make_config("cpu").d_model
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ValueError, match=r"unknown config key 'stepz'.*valid keys are:.*steps"):
+        parse_args(["stepz=3"])
+    with pytest.raises(ValueError, match="unknown config key"):
+        make_config("quick", learning_rate=1.0)
+    with pytest.raises(ValueError, match="key=value"):
+        parse_args(["steps"])
+
+
+def test_bad_values_are_rejected_early():
+    with pytest.raises(ValueError, match="steps takes a int"):
+        parse_args(["steps=many"])
+    with pytest.raises(ValueError, match="precision must be one of"):
+        parse_args(["precision=fp8"])
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        make_config("quick", d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="unknown preset"):
+        parse_args(["preset=huge"])
+
+
+def test_cli_reports_config_errors_as_exit_message():
+    with pytest.raises(SystemExit, match="unknown config key 'nope'"):
+        train.main(["nope=1"])
+
+
+def test_lr_schedule_warmup_peak_and_decay():
+    cfg = make_config("cpu", steps=1000, warmup_steps=100, lr=1e-3, min_lr_ratio=0.1)
+    factors = [train.lr_factor(cfg, s) for s in range(cfg.steps)]
+    assert factors[0] == pytest.approx(1 / 100)
+    assert max(factors) == pytest.approx(1.0) and factors.index(max(factors)) == 99
+    assert all(a <= b for a, b in zip(factors[:100], factors[1:100]))  # warmup rises
+    assert all(a >= b for a, b in zip(factors[100:], factors[101:]))  # then it only falls
+    assert factors[-1] == pytest.approx(0.1, abs=1e-3)
+    # a time budget drives the same curve by the fraction of time spent
+    assert train.lr_factor(cfg, 500, progress=1.0) == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------------------- the loop
+
+import itertools
+
+from resnorm import tasks
+from resnorm.evaluate import OutsideTaskError, Translator, beam_search, exact_match
+from resnorm.transformer import Transformer, TransformerConfig, greedy_decode
+
+TINY = dict(d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=64, n_test=70,
+            eval_examples=16, progress=False)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return train.TaskData.build(make_config("quick", **TINY))
+
+
+class OneBatch(train.TaskData):
+    """The task's data, but the training stream repeats one fixed batch (an overfitting check)."""
+
+    def stream(self, batch_size, seed, workers=0):
+        batch = tasks.encode_batch(tasks.generate(8, 123), self.src_vocab, self.tgt_vocab)
+        return itertools.repeat((batch.src, batch.tgt_in, batch.tgt_out, batch.src_key_padding_mask,
+                                 batch.tgt_key_padding_mask))
+
+
+def test_training_steps_overfit_one_batch(data):
+    one = OneBatch(data.src_vocab, data.tgt_vocab, data.valid, data.test, data.listed)
+    cfg = make_config("quick", **TINY, steps=40, warmup_steps=2, lr=3e-3, log_interval=1, eval_interval=40,
+                      label_smoothing=0.0)
+    result = train.train(cfg, data=one)
+    losses = [r["loss"] for r in result.log]
+    assert len(losses) == 40 and losses[0] > 3.0
+    assert losses[-1] < 0.5 * losses[0], losses  # the loop really optimizes
+    assert result.log[-1]["token_accuracy"] > result.log[0]["token_accuracy"]
+    assert result.log[-1]["val_exact_match"] is not None and result.log[0]["val_exact_match"] is None
+    assert result.log[0]["lr"] < result.log[3]["lr"]  # warmup
+
+
+def test_param_groups_skip_norms_biases_embeddings(data):
+    model, _ = train.init_model(make_config("quick", **TINY), data)
+    decay, no_decay = train.param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith("weight") and p.dim() == 2 for p in decay["params"])
+    assert not any("embed" in names[id(p)] or "norm" in names[id(p)] for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    cfg = make_config("quick", **TINY, steps=3, log_interval=1, eval_interval=3, out=str(path))
+    return train.train(cfg, data=data), path
+
+
+def test_checkpoint_round_trip_weights_only(trained, data):
+    result, path = trained
+    payload = torch.load(path, map_location="cpu", weights_only=True)  # plain types and tensors only
+    assert payload["train_config"] == result.config.to_dict()
+    assert payload["model_config"] == dataclasses.asdict(result.model_config)
+    assert payload["resnorm_version"] == train.__version__ and len(payload["log"]) == 3
+    model = train.build_model(payload)
+    batch = tasks.encode_batch(data.test[:8], data.src_vocab, data.tgt_vocab)
+    args = (batch.src, batch.tgt_in, batch.src_key_padding_mask, batch.tgt_key_padding_mask)
+    result.model.eval()
+    assert torch.equal(model(*args), result.model(*args))
+    translator = Translator.load(path)
+    assert translator.src_vocab == data.src_vocab and translator.tgt_vocab == data.tgt_vocab
+
+
+def test_checkpoint_from_another_config_is_named(trained):
+    _, path = trained
+    payload = train.load_checkpoint(path)
+    with pytest.raises(ValueError, match=r"differing fields: d_model: expected 64, checkpoint has 32"):
+        train.build_model(payload, make_config("quick", **{**TINY, "d_model": 64}))
+    other = TransformerConfig(**{**payload["model_config"], "n_decoder_layers": 2})
+    with pytest.raises(ValueError, match="n_decoder_layers: expected 2, checkpoint has 1"):
+        Translator.load(path, expected_config=other)
+    # weights that do not fit the stored config (a hand-edited file) are caught as well
+    payload["model_state"]["generator.weight"] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match="do not fit"):
+        train.build_model(payload)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*nothing.pt.*python -m resnorm.train"):
+        train.load_checkpoint(tmp_path / "nothing.pt")
+    junk = tmp_path / "junk.pt"
+    torch.save({"x": torch.zeros(1)}, junk)
+    with pytest.raises(ValueError, match="not a resnorm translator checkpoint"):
+        train.load_checkpoint(junk)
+
+
+def test_inputs_outside_the_task_are_refused(trained):
+    translator = Translator.from_result(trained[0])
+    with pytest.raises(OutsideTaskError, match=r"outside the task: the character\(s\) '今' '天'"):
+        translator.translate("今天三点")
+    with pytest.raises(OutsideTaskError, match="empty"):
+        translator.translate("   ")
+    with pytest.raises(OutsideTaskError, match="not one of its expressions"):
+        translator.translate("万万")
+    assert isinstance(translator.translate("三分之二"), str)  # well-formed input is accepted
+    assert issubclass(OutsideTaskError, ValueError)
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def _random_model(tgt_vocab_size=12, seed=0):
+    torch.manual_seed(seed)
+    cfg = TransformerConfig(src_vocab_size=15, tgt_vocab_size=tgt_vocab_size, d_model=32, n_heads=2, d_ff=64,
+                            n_encoder_layers=1, n_decoder_layers=1, dropout=0.0)
+    model = Transformer(cfg).eval()
+    with torch.no_grad():  # scale the logits up so that the search has clear preferences
+        model.generator.weight.mul_(8.0)
+    return model
+
+
+def test_beam_search_with_beam_one_is_greedy():
+    model = _random_model()
+    src = torch.randint(3, 15, (16, 9))
+    src[:5, 6:] = 0
+    mask = src == 0
+    greedy = greedy_decode(model, src, 1, 2, 12, mask)
+    beam = beam_search(model, src, 1, 2, 12, beam_size=1, src_key_padding_mask=mask)
+    assert greedy.shape[1] > 3  # non-trivial outputs
+    assert torch.equal(greedy, beam)
+
+
+def test_wide_beam_finds_the_most_probable_sequence():
+    """With beam_size >= V**(L-1) beam search is exhaustive: compare with brute force."""
+    V, L = 5, 3
+    model = _random_model(tgt_vocab_size=V, seed=3)
+    src = torch.randint(3, 15, (4, 6))
+    best = beam_search(model, src, 1, 2, L, beam_size=V ** (L - 1))
+    memory = model.encode(src)
+    for b in range(src.shape[0]):
+        scores = {}
+        for seq in itertools.product(range(V), repeat=L):
+            if 2 in seq:
+                seq = seq[:seq.index(2) + 1]
+            if seq in scores:
+                continue
+            ids = torch.tensor([[1, *seq]])
+            logp = model.decode(ids[:, :-1], memory[b:b + 1]).log_softmax(-1)[0]
+            scores[seq] = sum(logp[t, tok].item() for t, tok in enumerate(seq))
+        want = max(scores, key=scores.get)
+        got = [t for t in best[b, 1:].tolist()]
+        got = tuple(got[:got.index(2) + 1]) if 2 in got else tuple(got[:L])
+        assert got == want, (b, got, want)
+
+
+def test_exact_match_counts_whole_sequences(trained, data):
+    result, _ = trained
+    examples = data.test[:10]
+    preds = Translator.from_result(result).translate([e.source for e in examples])
+    want = sum(p == e.target for p, e in zip(preds, examples)) / 10
+    assert exact_match(result.model, examples, data.src_vocab, data.tgt_vocab) == want
+    with pytest.raises(ValueError, match="at least one example"):
+        exact_match(result.model, [], data.src_vocab, data.tgt_vocab)
