@@ -105,7 +105,7 @@ def check_notebook(path: str | Path) -> list[Problem]:
     """Everything wrong with one notebook's committed outputs (an empty list when it is fresh)."""
     path = Path(path)
     nb = read_notebook(path)
-    redo = f"re-execute it with `python -m resnorm.execute --mode MODE {path}` (MODE: quick, cpu or full)"
+    redo = f"re-execute it with `python -m resnorm.execute --mode MODE {path}` (MODE: cpu, or full on a GPU)"
     stamp = get_stamp(nb)
     if stamp is None:
         return [Problem(path, f"has no execution stamp; {redo}")]
