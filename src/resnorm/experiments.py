@@ -277,6 +277,9 @@ def train_run(spec: RunSpec, budget: Budget, data: Data, seed: int = 0, device=N
     cfg = T.make_config("quick", steps=budget.steps, warmup_steps=spec.warmup_steps, lr=spec.lr,
                         schedule="cosine", batch_size=budget.batch_size, seed=seed)
     optimizer = torch.optim.AdamW(T.param_groups(model, cfg.weight_decay), lr=spec.lr, betas=(0.9, cfg.beta2))
+    # Mixed precision as everywhere in the book: bf16 on GPUs of compute capability 8.0+, fp16 with a
+    # scaler on older ones, float32 on CPUs (where both calls below are no-ops).
+    scaler = runtime.grad_scaler(device)
     pad = data.tgt_vocab.PAD
     losses: list[float] = []
     curve: list[tuple[int, float]] = []
@@ -288,8 +291,9 @@ def train_run(spec: RunSpec, budget: Budget, data: Data, seed: int = 0, device=N
         for group in optimizer.param_groups:
             group["lr"] = spec.lr * T.lr_factor(cfg, step)
         src, tgt_in, tgt_out, src_mask, tgt_mask = (t.to(device) for t in batch)
-        logits = model(src, tgt_in, src_mask, tgt_mask)
-        loss = T.sequence_loss(logits, tgt_out, pad, label_smoothing)
+        with runtime.autocast(device):
+            logits = model(src, tgt_in, src_mask, tgt_mask)
+            loss = T.sequence_loss(logits, tgt_out, pad, label_smoothing)
         value = float(loss.detach())
         losses.append(value)
         if step % budget.log_every == 0 or step == budget.steps - 1 or not math.isfinite(value):
@@ -297,12 +301,14 @@ def train_run(spec: RunSpec, budget: Budget, data: Data, seed: int = 0, device=N
         if not math.isfinite(value):
             break
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # probes and clipping must see the true gradients
         if step in probe_steps:
             grads[step] = layer_grad_norms(model)
         if spec.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         if on_step is not None:
             on_step(step, model, value)
     steps_done = len(losses)
