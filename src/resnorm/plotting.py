@@ -69,7 +69,9 @@ def provenance() -> str:
 def stamp_figure(fig, text: str | None = None) -> None:
     """Write the mode and hardware (and optionally what data) in the figure's lower right corner."""
     label = provenance() if text is None else f"{text} | {provenance()}"
-    fig.text(0.995, 0.005, label, ha="right", va="bottom", fontsize=7, color="0.4")
+    # Hang the line just below the figure's bottom edge: the notebooks save figures with a tight
+    # bounding box, which grows to include it, so it never sits on top of the x-axis labels.
+    fig.text(0.995, 0.0, label, ha="right", va="top", fontsize=7, color="0.4")
 
 
 def color(name: str) -> str:
