@@ -159,6 +159,16 @@ def rms_norm(x: torch.Tensor, normalized_shape, weight=None, eps: float | None =
     return y.to(x.dtype)
 
 
+def _add_gain_and_bias(module: nn.Module, elementwise_affine: bool, bias: bool) -> None:
+    """Per-feature gain (init 1) and bias (init 0) over ``module.normalized_shape``, named as in torch."""
+    if elementwise_affine:
+        module.weight = nn.Parameter(torch.ones(module.normalized_shape))
+        module.bias = nn.Parameter(torch.zeros(module.normalized_shape)) if bias else None
+    else:
+        module.register_parameter("weight", None)
+        module.register_parameter("bias", None)
+
+
 class LayerNorm(nn.Module):
     """Layer normalization with a learnable gain (initialised to 1) and bias (initialised to 0).
 
@@ -174,12 +184,7 @@ class LayerNorm(nn.Module):
             raise ValueError(f"eps must be positive, got {eps}")
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.ones(self.normalized_shape))
-            self.bias = nn.Parameter(torch.zeros(self.normalized_shape)) if bias else None
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _add_gain_and_bias(self, elementwise_affine, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -229,12 +234,7 @@ class DyT(nn.Module):
         self.alpha_init = alpha_init
         self.elementwise_affine = elementwise_affine
         self.alpha = nn.Parameter(torch.full((1,), alpha_init))
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.ones(self.normalized_shape))
-            self.bias = nn.Parameter(torch.zeros(self.normalized_shape)) if bias else None
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _add_gain_and_bias(self, elementwise_affine, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.normalized_shape, "DyT")
