@@ -7,13 +7,20 @@ from pathlib import Path
 import matplotlib as mpl
 
 # Colour-blind-safe palette (Okabe & Ito), in a fixed order so that "plain" and
-# "residual", "Post-LN" and "Pre-LN" keep their colours across chapters.
-PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+# "residual", "Post-LN" and "Pre-LN" keep their colours across chapters. Okabe & Ito's
+# yellow (#F0E442) is left out: on a white page a thin yellow line is barely visible.
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
+
+# The page's text column is about 688 CSS px = 7.2 in wide at 1280 px. A figure drawn at most
+# this wide is shown at (nearly) its drawn size, so a font of 9 pt in the figure reads as 9 pt
+# on the page; a wider figure is scaled down and its text shrinks with it.
+COLUMN_WIDTH_IN = 7.0
+MIN_FONT_PT = 9.0
 
 STYLE = {
-    "figure.figsize": (6.4, 3.6),
-    "figure.dpi": 110,
-    "savefig.dpi": 110,
+    "figure.figsize": (COLUMN_WIDTH_IN, 3.6),
+    "figure.dpi": 150,
+    "savefig.dpi": 150,
     "savefig.bbox": "tight",
     "axes.grid": True,
     "grid.alpha": 0.3,
@@ -59,6 +66,20 @@ def use_style() -> None:
     mpl.rcParams["font.family"] = ["sans-serif", *shipped]
 
 
+def figsize(height: float = 3.6, width: float = COLUMN_WIDTH_IN) -> tuple[float, float]:
+    """``(width, height)`` in inches for ``plt.subplots(figsize=...)``: the column's width by default.
+
+    Wider than :data:`COLUMN_WIDTH_IN` is refused: the page would shrink the figure and its text
+    below the 9 pt the style sets. For several panels, stack them or share the column's width.
+    """
+    if width > COLUMN_WIDTH_IN + 1e-9:
+        raise ValueError(f"figure width {width} in exceeds the page column ({COLUMN_WIDTH_IN} in); "
+                         "stack the panels instead of widening the figure")
+    if height <= 0 or width <= 0:
+        raise ValueError(f"figure size must be positive, got width={width}, height={height}")
+    return (width, height)
+
+
 def provenance() -> str:
     """Where a figure's data came from: mode and hardware, for captions and figure footers."""
     from . import runtime
@@ -71,7 +92,7 @@ def stamp_figure(fig, text: str | None = None) -> None:
     label = provenance() if text is None else f"{text} | {provenance()}"
     # Hang the line just below the figure's bottom edge: the notebooks save figures with a tight
     # bounding box, which grows to include it, so it never sits on top of the x-axis labels.
-    fig.text(0.995, 0.0, label, ha="right", va="top", fontsize=7, color="0.4")
+    fig.text(0.995, 0.0, label, ha="right", va="top", fontsize=MIN_FONT_PT, color="0.35")
 
 
 def color(name: str) -> str:
