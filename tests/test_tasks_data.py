@@ -13,7 +13,7 @@ from resnorm.tasks import BOS, EOS, PAD, Example, Vocab
 
 @pytest.fixture(scope="module")
 def small_splits():
-    return tasks.make_splits(n_train=6000, n_test=700, seed=3)
+    return tasks.make_splits(n_train=9000, n_test=700, seed=3)
 
 
 # ----------------------------------------------------------------------------- generation
@@ -82,33 +82,66 @@ def test_listed_spaces_are_complete_and_in_training(small_splits):
     listed = small_splits.listed
     values = Counter((tasks.parse_chinese(e.source).category, tasks.parse_chinese(e.source).value) for e in listed)
     for category in ("cardinal", "money", "percent"):
-        assert {v for (c, v) in values if c == category} == set(range(1000))
+        assert {v for (c, v) in values if c == category} >= set(range(1000))
         assert values[(category, 200)] == 2  # 二百 and 两百
-    assert {v for (c, v) in values if c == "ordinal"} == set(range(1, 1000))
+    assert {v for (c, v) in values if c == "ordinal"} >= set(range(1, 1000))
     assert values[("ordinal", 200)] == 1  # never 第两百
-    assert len(listed) == len(values) + 300 == 4299
+    assert len({e.source for e in listed}) == len(listed)
     assert {e.source for e in listed} <= {e.source for e in small_splits.train}
     assert set(small_splits.eval_sets()) == {"test", "listed"}
+    # the small families that the first split held out whole (issue #13) are listed now
+    for source in ("八亿", "八亿元", "第三百万", "第八千万", "第十万", "二分之一", "五分之一", "负三", "三点一四"):
+        assert source in {e.source for e in listed}, source
+
+
+def test_every_short_expression_is_listed():
+    """short_examples() enumerates what the generator can draw: no source of <= 4 characters escapes it."""
+    listed = {e.source for e in tasks.listed_examples()}
+    drawn = tasks.generate(150_000, 21)
+    short = [e for e in drawn if len(e.source) <= tasks.data.SHORT_SOURCE_MAX]
+    assert len(short) > 10_000
+    assert not [e.source for e in short if e.source not in listed]
+    assert all(len(e.source) <= 4 for e in tasks.data.short_examples())
+
+
+def test_claims_behind_the_enumeration_and_the_forms():
+    import re
+
+    drawn = tasks.generate(150_000, 22)
+    digits = lambda text: len(re.findall("[一二三四五六七八九两]", text))  # noqa: E731
+    # a source of <= 4 characters writes at most two non-zero digits (short_examples relies on it)
+    assert max(sum(c != "0" for c in str(tasks.parse_chinese(e.source).value).lstrip("-").replace(".", ""))
+               for e in drawn if len(e.source) <= 4 and e.category in ("cardinal", "ordinal", "money")) <= 2
+    # a non-date source of more than 8 characters has at least two digit characters (form_of relies on it)
+    assert min(digits(e.source) for e in drawn if len(e.source) > 8 and e.category != "date") >= 2
+
+
+def test_forms_separate_what_the_model_must_write():
+    form = lambda s: tasks.data.form_of(tasks.make_example(tasks.parse_chinese(s)))  # noqa: E731
+    assert form("五分之一") != form("五分之三")  # fifth vs fifths
+    assert form("第八百万") != form("八百万")  # millionth vs million
+    assert form("第八百万")[1] == form("第三百万")[1] == "第D百万"
+    assert form("六十") == form("七十")  # sixty and seventy differ in a digit, not in shape
+    assert tasks.data.source_skeleton("二〇二六年十一月二十二日") == "D年十D月D十D日"
 
 
 def test_split_sizes_and_strata_coverage(small_splits):
     s = small_splits
-    assert (len(s.train), len(s.test), len(s.valid)) == (6000, 700, 70)
+    assert (len(s.train), len(s.test), len(s.valid)) == (9000, 700, 70)
     per_category = Counter(e.category for e in s.test)
-    assert set(per_category) == set(tasks.CATEGORIES) and set(per_category.values()) == {100}
+    assert set(per_category) == set(tasks.CATEGORIES) and all(99 <= n <= 101 for n in per_category.values())
     train_cells = {(e.category, e.stratum) for e in s.train}
     test_cells = {(e.category, e.stratum) for e in s.test}
-    listed_cells = {(e.category, e.stratum) for e in s.listed}
     assert test_cells <= train_cells
-    assert train_cells <= test_cells | listed_cells
-    assert {e.stratum for e in s.test} == set(tasks.STRATA)
+    # every expression of <= 4 characters is listed, so the held-out sets have no len1-4 stratum
+    assert {e.stratum for e in s.test} == set(tasks.STRATA) - {"len1-4"}
     assert {e.stratum for e in s.train} == set(tasks.STRATA)
 
 
 def test_splits_are_deterministic(small_splits):
-    again = tasks.make_splits(n_train=6000, n_test=700, seed=3)
+    again = tasks.make_splits(n_train=9000, n_test=700, seed=3)
     assert again.train == small_splits.train and again.test == small_splits.test and again.valid == small_splits.valid
-    other = tasks.make_splits(n_train=6000, n_test=700, seed=4)
+    other = tasks.make_splits(n_train=9000, n_test=700, seed=4)
     assert other.test != small_splits.test
 
 
@@ -119,7 +152,7 @@ def test_splits_do_not_depend_on_string_hashing(small_splits):
     import sys
 
     code = (
-        "import hashlib; from resnorm import tasks; s = tasks.make_splits(n_train=6000, n_test=700, seed=3); "
+        "import hashlib; from resnorm import tasks; s = tasks.make_splits(n_train=9000, n_test=700, seed=3); "
         "print(hashlib.sha256(repr((s.train, s.valid, s.test)).encode()).hexdigest())"
     )
     here = hashlib.sha256(repr((small_splits.train, small_splits.valid, small_splits.test)).encode()).hexdigest()
@@ -129,15 +162,72 @@ def test_splits_do_not_depend_on_string_hashing(small_splits):
         assert out.stdout.strip() == here
 
 
-def test_full_size_test_set_is_stratified():
-    n_listed = len(tasks.listed_examples())
-    s = tasks.make_splits(n_train=n_listed, n_test=20_000, n_valid=0, seed=0)
-    assert len(s.test) == 20_000 and len(s.train) == n_listed and not s.valid
-    per_category = Counter(e.category for e in s.test)
-    assert min(per_category.values()) >= 20_000 // 7
-    zero_heavy = Counter(e.category for e in s.test if e.stratum == "zero-heavy")
+@pytest.fixture(scope="module")
+def full_data():
+    """The training chapter's real held-out sets (the full preset: 20,000 test, 2,000 validation)."""
+    from resnorm import train
+
+    return train.TaskData.build(train.make_config("full"))
+
+
+def test_full_size_groups_are_large_enough(full_data):
+    test = full_data.test
+    assert len(test) == 20_000 and len(full_data.valid) == 2_000
+    by_category, by_stratum = Counter(e.category for e in test), Counter(e.stratum for e in test)
+    assert set(by_category) == set(tasks.CATEGORIES) and min(by_category.values()) >= 1000
+    assert set(by_stratum) == set(tasks.STRATA) - {"len1-4"} and min(by_stratum.values()) >= 1000
+    zero_heavy = Counter(e.category for e in test if e.stratum == "zero-heavy")
     assert set(zero_heavy) == {"cardinal", "decimal", "ordinal", "money"}
-    assert min(zero_heavy.values()) >= 500
+
+
+STREAM_SAMPLE = 200_000
+MIN_FORM_PER_100K = 5  # the stated minimum frequency of every held-out form in the training stream
+
+
+def test_every_held_out_form_is_trained_on_and_no_held_out_target_is(full_data):
+    """On the real splits and the trainer's real stream (issue #13): no held-out target is ever
+    trained on, every form of the test and validation sets occurs in training at least
+    MIN_FORM_PER_100K times per 100,000 examples, and this sample alone shows more distinct values
+    of every held-out form than the held-out sets take from it."""
+    from resnorm import train
+
+    stream = train.TrainStream(full_data.held_out, 1024, train.rank_seed(train.make_config("full"), 0),
+                               full_data.src_vocab, full_data.tgt_vocab)
+    sample = []
+    for batch in stream.example_batches():
+        sample += batch
+        if len(sample) >= STREAM_SAMPLE:
+            break
+    held = full_data.valid + full_data.test
+    held_targets = {e.target for e in held}
+    assert not held_targets & {e.target for e in sample}
+    form_of = tasks.data.form_of
+    counts = Counter(form_of(e) for e in sample)
+    per_100k = {f: counts[f] * 100_000 / len(sample) for f in {form_of(e) for e in held}}
+    rare = {f: round(v, 1) for f, v in per_100k.items() if v < MIN_FORM_PER_100K}
+    assert not rare, rare
+    last_words = Counter((e.category, tasks.english_tokens(e.target)[-1]) for e in sample)
+    unseen_words = {(e.category, tasks.english_tokens(e.target)[-1]) for e in held} - set(last_words)
+    assert not unseen_words
+    trained_values: dict = {}
+    for e in sample:
+        trained_values.setdefault(form_of(e), set()).add(e.target)
+    held_per_form = Counter(form_of(e) for e in held)
+    too_much = {f: (n, len(trained_values[f])) for f, n in held_per_form.items() if n >= len(trained_values[f])}
+    assert not too_much, too_much
+
+
+def test_held_out_sets_take_at_most_a_quarter_of_any_form(full_data):
+    """Exactly, where a category's whole space can be listed: all 97,902 fractions, by form."""
+    from resnorm.tasks import zh_numbers as zh
+
+    sizes = Counter(tasks.data.form_of(tasks.make_example(tasks.Expression("fraction", (num, den))))
+                    for den in range(zh.FRACTION_DENOMINATOR_MIN, zh.FRACTION_DENOMINATOR_MAX + 1)
+                    for num in range(1, zh.FRACTION_NUMERATOR_MAX + 1))
+    taken = Counter(tasks.data.form_of(e) for e in full_data.test + full_data.valid if e.category == "fraction")
+    assert sum(taken.values()) >= 2_800
+    over = {f: (n, sizes[f]) for f, n in taken.items() if n > tasks.data.HELD_OUT_FORM_SHARE * sizes[f]}
+    assert not over, over
 
 
 def test_make_splits_rejects_bad_sizes():

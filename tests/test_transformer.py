@@ -404,3 +404,64 @@ def test_config_is_a_dataclass_with_the_paper_defaults():
     c = TransformerConfig(src_vocab_size=100, tgt_vocab_size=100)
     assert dataclasses.is_dataclass(c)
     assert (c.d_model, c.n_heads, c.d_ff, c.n_encoder_layers, c.dropout, c.norm_first) == (512, 8, 2048, 6, 0.1, False)
+
+
+# ----------------------------------------------------------------------------- the fast configuration
+
+
+from resnorm.attention import PackedMultiHeadAttention
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_fast_configuration_computes_the_teaching_function(norm_first, norm):
+    """Same seed -> same initial weights and same state dict; same logits and gradients (float64)."""
+    config = TransformerConfig(src_vocab_size=30, tgt_vocab_size=40, d_model=32, n_heads=4, d_ff=64,
+                               n_encoder_layers=2, n_decoder_layers=2, dropout=0.0, norm_first=norm_first, norm=norm)
+    torch.manual_seed(7)
+    teaching = Transformer(config).double()
+    after_teaching = torch.rand(1)
+    torch.manual_seed(7)
+    fast = Transformer(dataclasses.replace(config, fast=True)).double()
+    assert torch.equal(torch.rand(1), after_teaching)  # the random stream is left where the teaching model leaves it
+    assert sum(isinstance(m, PackedMultiHeadAttention) for m in fast.modules()) == 3 * 2
+    ts, fs = teaching.state_dict(), fast.state_dict()
+    assert set(ts) == set(fs) and all(torch.equal(ts[k], fs[k]) for k in ts)
+    gen = torch.Generator().manual_seed(3)
+    src, tgt = torch.randint(3, 30, (6, 9), generator=gen), torch.randint(3, 40, (6, 7), generator=gen)
+    src_pad = torch.zeros(6, 9, dtype=torch.bool)
+    src_pad[1, 6:] = src_pad[4, 2:] = True
+    tgt_pad = torch.zeros(6, 7, dtype=torch.bool)
+    tgt_pad[2, 3:] = True
+    src[src_pad], tgt[tgt_pad] = 0, 0
+    for masks in ((src_pad, tgt_pad), (None, None)):
+        out_t, out_f = teaching(src, tgt, *masks), fast(src, tgt, *masks)
+        assert (out_t - out_f).abs().max() < 1e-12
+        teaching.zero_grad(), fast.zero_grad()
+        out_t.pow(2).mean().backward(), out_f.pow(2).mean().backward()
+        grads_t = {k: p.grad for k, p in teaching.named_parameters()}
+        fast_grads = {}
+        for name, module in fast.named_modules():
+            if isinstance(module, PackedMultiHeadAttention):  # unpack the gradients like the state dict
+                packed, parts = module._packed
+                for kind in ("weight", "bias"):
+                    g = getattr(getattr(module, packed), kind).grad
+                    for part, chunk in zip(parts, g.chunk(len(parts))):
+                        fast_grads[f"{name}.{part}.{kind}"] = chunk
+        fast_grads.update({k: p.grad for k, p in fast.named_parameters() if "qkv_proj" not in k and "kv_proj" not in k})
+        assert set(fast_grads) == set(grads_t)
+        assert max((grads_t[k] - fast_grads[k]).abs().max().item() for k in grads_t) < 1e-12
+
+
+def test_fast_state_dict_round_trips_and_packed_attention_checks_its_inputs():
+    config = TransformerConfig(src_vocab_size=20, tgt_vocab_size=20, d_model=16, n_heads=2, d_ff=32,
+                               n_encoder_layers=1, n_decoder_layers=1, fast=True)
+    a, b = Transformer(config), Transformer(config)
+    b.load_state_dict(a.state_dict())
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    attn = PackedMultiHeadAttention(16, 2, self_attention=True)
+    x, y = torch.randn(2, 3, 16), torch.randn(2, 3, 16)
+    with pytest.raises(ValueError, match="same tensor"):
+        attn(x, y, y)
+    with pytest.raises(ValueError, match="teaching configuration"):
+        to_torch_transformer(a)

@@ -169,6 +169,10 @@ class MultiHeadAttention(nn.Module):
         q = self._split_heads(self.q_proj(query))
         k = self._split_heads(self.k_proj(key))
         v = self._split_heads(self.v_proj(value))
+        return self._attend(q, k, v, B, Tq, Tk, attn_mask, key_padding_mask, is_causal, query.device)
+
+    def _attend(self, q, k, v, B, Tq, Tk, attn_mask, key_padding_mask, is_causal, device):
+        """Heads ``(B, H, T, d_head)`` -> attention with the merged masks -> output projection."""
         scores_shape = torch.Size((B, self.n_heads, Tq, Tk))
         if attn_mask is not None:
             _check_mask(attn_mask, scores_shape, "attn_mask")
@@ -182,7 +186,7 @@ class MultiHeadAttention(nn.Module):
             mask = keep if mask is None else mask & keep
         sdpa_causal = is_causal and mask is None and not use_math
         if is_causal and not sdpa_causal:
-            causal = torch.ones(Tq, Tk, dtype=torch.bool, device=query.device).tril()
+            causal = torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril()
             mask = causal if mask is None else mask & causal
 
         dropout_p = self.dropout if self.training else 0.0
@@ -197,3 +201,64 @@ class MultiHeadAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, dropout={self.dropout}, backend={self.backend!r}"
+
+
+class PackedMultiHeadAttention(MultiHeadAttention):
+    """:class:`MultiHeadAttention` with its input projections packed into fewer matrix products.
+
+    Self-attention projects q, k and v with one ``(3d, d)`` matrix product (``qkv_proj``);
+    cross-attention projects q from the decoder and k, v from the memory with one ``(2d, d)``
+    product (``kv_proj``). This is how ``torch.nn.MultiheadAttention`` stores its weights
+    (``in_proj_weight``): one large product keeps the GPU busier than three small ones, and
+    launches one kernel instead of three. The function is the same, and so is the state dict:
+    ``state_dict()`` writes ``q_proj``, ``k_proj``, ``v_proj`` as the teaching module does, and
+    ``load_state_dict`` accepts them, so checkpoints move freely between the two.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True, backend: str = "sdpa",
+                 self_attention: bool = True):
+        super().__init__(d_model, n_heads, dropout, bias, backend)
+        del self.q_proj, self.k_proj, self.v_proj
+        self.self_attention = self_attention
+        if self_attention:
+            self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=bias)
+        else:
+            self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+            self.kv_proj = nn.Linear(d_model, 2 * d_model, bias=bias)
+        self._packed = ("qkv_proj", ("q_proj", "k_proj", "v_proj")) if self_attention else ("kv_proj", ("k_proj", "v_proj"))
+        self._register_state_dict_hook(PackedMultiHeadAttention._unpack_state)
+        self._register_load_state_dict_pre_hook(self._pack_state)
+
+    @staticmethod
+    def _unpack_state(module, state_dict, prefix, local_metadata):
+        packed, names = module._packed
+        for kind in ("weight", "bias"):
+            key = f"{prefix}{packed}.{kind}"
+            if key in state_dict:
+                for name, part in zip(names, state_dict.pop(key).chunk(len(names), dim=0)):
+                    state_dict[f"{prefix}{name}.{kind}"] = part.clone()
+        return state_dict
+
+    def _pack_state(self, state_dict, prefix, *args, **kwargs):
+        packed, names = self._packed
+        for kind in ("weight", "bias"):
+            keys = [f"{prefix}{name}.{kind}" for name in names]
+            if all(k in state_dict for k in keys):
+                state_dict[f"{prefix}{packed}.{kind}"] = torch.cat([state_dict.pop(k) for k in keys], dim=0)
+
+    def forward(self, query, key, value, attn_mask=None, key_padding_mask=None, is_causal: bool = False):
+        if self.self_attention and not (query is key and key is value):
+            raise ValueError("a self-attention module (self_attention=True) needs query, key and value to be "
+                             "the same tensor; use self_attention=False for cross-attention")
+        self._check_inputs(query, key, value, key_padding_mask)
+        B, Tq, _ = query.shape
+        Tk = key.shape[1]
+        if self.self_attention:
+            q, k, v = self.qkv_proj(query).chunk(3, dim=-1)
+        else:
+            if key is not value:
+                raise ValueError("cross-attention packs k and v into one product: key and value must be the same tensor")
+            q = self.q_proj(query)
+            k, v = self.kv_proj(key).chunk(2, dim=-1)
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+        return self._attend(q, k, v, B, Tq, Tk, attn_mask, key_padding_mask, is_causal, query.device)

@@ -143,6 +143,23 @@ def exact_match(model: Transformer, examples: Sequence, src_vocab, tgt_vocab, be
 GROUP_KINDS = ("category", "stratum")
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % confidence interval of a proportion ``correct / n`` (Wilson score interval).
+
+    Unlike the textbook ``p ± z·sqrt(p(1-p)/n)``, it stays inside [0, 1] and does not shrink to a
+    point when every answer is right: 2,857 right out of 2,857 gives [0.99866, 1], not [1, 1].
+    """
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    if not 0 <= correct <= n:
+        raise ValueError(f"correct must lie in 0 .. n = {n}, got {correct}")
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 @dataclass
 class Report:
     """Exact match on a set of expressions, overall and per group, with the remaining errors."""
@@ -159,9 +176,18 @@ class Report:
         return self.correct / self.n
 
     def table(self, kind: str) -> list[dict]:
-        """One row per value of ``kind`` ("category" or "stratum"): n, errors, exact match."""
-        return [{kind: value, "n": total, "errors": total - ok, "exact_match": ok / total}
-                for value, (ok, total) in sorted(self.groups[kind].items())]
+        """One row per value of ``kind`` ("category" or "stratum"): n, errors, exact match and its 95 % CI."""
+        rows = []
+        for value, (ok, total) in sorted(self.groups[kind].items()):
+            low, high = wilson_interval(ok, total)
+            rows.append({kind: value, "n": total, "errors": total - ok, "exact_match": ok / total,
+                         "95% CI": f"{100 * low:.2f}–{100 * high:.2f} %"})
+        return rows
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """95 % confidence interval of the overall exact match."""
+        return wilson_interval(self.correct, self.n)
 
     def worst(self) -> tuple[str, str, float]:
         """(group kind, value, exact match) of the weakest group."""

@@ -18,7 +18,8 @@ import operator
 import torch
 from torch import nn
 
-__all__ = ["layer_norm", "layer_norm_manual", "rms_norm", "LayerNorm", "LayerNormFunction", "RMSNorm", "DyT"]
+__all__ = ["layer_norm", "layer_norm_manual", "rms_norm", "LayerNorm", "LayerNormFunction", "RMSNorm", "DyT",
+           "FusedLayerNorm", "FusedRMSNorm"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -247,3 +248,24 @@ class DyT(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, alpha_init={self.alpha_init}, elementwise_affine={self.elementwise_affine}"
+
+
+class FusedLayerNorm(LayerNorm):
+    """:class:`LayerNorm` computed by PyTorch's fused kernel (``F.layer_norm``): one kernel per call.
+
+    Same parameters, same state dict, same function (to float rounding) as the from-scratch
+    :class:`LayerNorm`, which spends about ten elementwise and reduction kernels on a forward pass.
+    The fast configuration of :class:`resnorm.transformer.TransformerConfig` (``fast=True``) uses it.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.normalized_shape, "FusedLayerNorm")
+        return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class FusedRMSNorm(RMSNorm):
+    """:class:`RMSNorm` computed by ``F.rms_norm`` (same parameters and function)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.normalized_shape, "FusedRMSNorm")
+        return torch.nn.functional.rms_norm(x, self.normalized_shape, self.weight, self.eps)

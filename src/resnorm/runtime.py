@@ -8,6 +8,12 @@ The one switch for how much work a notebook does is the environment variable
 ``full``   a GPU: the runs whose numbers the book reports.
 
 When the variable is unset, the mode is ``full`` if a CUDA GPU is visible, else ``cpu``.
+
+``RESNORM_SMOKE=1`` together with ``RESNORM_MODE=full`` is the smoke switch of ``make test``:
+every full-mode branch of a notebook runs, but every size chosen with :func:`pick` (and the
+``full`` training preset's sizes) shrinks to the quick one, and code meant for a GPU runs on the
+CPU (Triton in its interpreter). A GPU run is scarce; a typo in a cell that only full mode reaches
+must not be found there.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import TypeVar
 import torch
 
 MODE_ENV = "RESNORM_MODE"
+SMOKE_ENV = "RESNORM_SMOKE"
 MODES = ("quick", "cpu", "full")
 
 T = TypeVar("T")
@@ -36,13 +43,30 @@ def mode() -> str:
     return value
 
 
+def smoke() -> bool:
+    """True when ``RESNORM_SMOKE`` is set (1, true, yes, on) in full mode: full-mode code at quick sizes."""
+    value = os.environ.get(SMOKE_ENV, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value not in ("1", "true", "yes", "on"):
+        raise ValueError(f"{SMOKE_ENV}={value!r}: use 1 (on) or 0 (off)")
+    return mode() == "full"
+
+
+def gpu_paths() -> bool:
+    """Whether to run the cells written for a GPU: on a CUDA device, or in a smoke run (on the CPU)."""
+    return torch.cuda.is_available() or smoke()
+
+
 def is_quick() -> bool:
     """True in the CI mode, where every notebook must finish in well under a minute."""
     return mode() == "quick"
 
 
 def pick(quick: T, cpu: T, full: T) -> T:
-    """Choose a value by mode: ``n_steps = pick(quick=20, cpu=2_000, full=20_000)``."""
+    """Choose a value by mode: ``n_steps = pick(quick=20, cpu=2_000, full=20_000)`` (quick in a smoke run)."""
+    if smoke():
+        return quick
     return {"quick": quick, "cpu": cpu, "full": full}[mode()]
 
 
@@ -115,4 +139,5 @@ def describe() -> str:
     dev = device()
     dtype = amp_dtype(dev)
     precision = "float32" if dtype is None else str(dtype).replace("torch.", "")
-    return f"mode={mode()}  device={device_name(dev)}  precision={precision}  torch={torch.__version__}"
+    switch = " (smoke: quick sizes)" if smoke() else ""
+    return f"mode={mode()}{switch}  device={device_name(dev)}  precision={precision}  torch={torch.__version__}"

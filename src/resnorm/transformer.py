@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import BACKENDS, MultiHeadAttention, causal_mask
-from .norms import LayerNorm, RMSNorm
+from .attention import BACKENDS, MultiHeadAttention, PackedMultiHeadAttention, causal_mask
+from .norms import FusedLayerNorm, FusedRMSNorm, LayerNorm, RMSNorm
 
 NORMS = ("layernorm", "rmsnorm", "dyt", "none")
 RESIDUALS = ("standard", "none", "rezero", "deepnorm")
@@ -64,6 +64,12 @@ class TransformerConfig:
     # set these two to `dropout` to reproduce that in training mode.
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
+    # The fast configuration: the same function and the same state dict, in fewer GPU kernels.
+    # PyTorch's fused LayerNorm/RMSNorm kernels instead of the from-scratch ones, q/k/v projected
+    # by one matrix product (k/v by one in cross-attention), and every attention mask built once
+    # per batch instead of once per layer. The teaching code (fast=False) is what the chapters
+    # read; the parity tests prove the two equal, and the GPU runs train the fast one.
+    fast: bool = False
 
     def __post_init__(self):
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
@@ -108,9 +114,9 @@ class TransformerConfig:
 def make_norm(config: TransformerConfig) -> nn.Module:
     """The normalization layer named by ``config.norm`` (``"none"`` gives the identity)."""
     if config.norm == "layernorm":
-        return LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        return (FusedLayerNorm if config.fast else LayerNorm)(config.d_model, eps=config.layer_norm_eps)
     if config.norm == "rmsnorm":
-        return RMSNorm(config.d_model, eps=config.layer_norm_eps)
+        return (FusedRMSNorm if config.fast else RMSNorm)(config.d_model, eps=config.layer_norm_eps)
     if config.norm == "dyt":
         from . import norms  # DyT lives in resnorm.norms; imported here so the rest works without it
 
@@ -221,32 +227,49 @@ class PositionalEncoding(nn.Module):
 # ----------------------------------------------------------------------------- layers
 
 
+def _attention(config: TransformerConfig, self_attention: bool) -> MultiHeadAttention:
+    kw = dict(dropout=config.attention_dropout, backend=config.attention_backend)
+    if config.fast:
+        return PackedMultiHeadAttention(config.d_model, config.n_heads, self_attention=self_attention, **kw)
+    return MultiHeadAttention(config.d_model, config.n_heads, **kw)
+
+
 class EncoderLayer(nn.Module):
-    """Self-attention, then the FFN; each joins the residual stream through a :class:`ResidualBranch`."""
+    """Self-attention, then the FFN; each joins the residual stream through a :class:`ResidualBranch`.
+
+    ``src_mask`` (optional, boolean, True = may attend, broadcastable to ``(B, H, S, S)``) replaces
+    the padding mask when the caller has built it already (the fast configuration builds it once).
+    """
 
     def __init__(self, config: TransformerConfig, alpha: float = 1.0):
         super().__init__()
         self.config = config
-        attn_kw = dict(dropout=config.attention_dropout, backend=config.attention_backend)
-        self.self_attn = MultiHeadAttention(config.d_model, config.n_heads, **attn_kw)
+        self.self_attn = _attention(config, self_attention=True)
         self.ff = FeedForward(config)
         self.norm1, self.norm2 = make_norm(config), make_norm(config)
         self.residual1, self.residual2 = ResidualBranch(config, alpha), ResidualBranch(config, alpha)
 
-    def forward(self, x: torch.Tensor, src_key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.residual1(x, lambda h: self.self_attn(h, h, h, key_padding_mask=src_key_padding_mask), self.norm1)
+    def forward(self, x: torch.Tensor, src_key_padding_mask: torch.Tensor | None = None,
+                src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        def self_attention(h):
+            return self.self_attn(h, h, h, attn_mask=src_mask, key_padding_mask=src_key_padding_mask)
+
+        x = self.residual1(x, self_attention, self.norm1)
         return self.residual2(x, self.ff, self.norm2)
 
 
 class DecoderLayer(nn.Module):
-    """Causal self-attention, cross-attention over the encoder memory, then the FFN."""
+    """Causal self-attention, cross-attention over the encoder memory, then the FFN.
+
+    ``tgt_mask`` and ``memory_mask`` (optional, boolean, True = may attend) replace the padding
+    masks when the caller has built them already; ``tgt_mask`` must then include the causal mask.
+    """
 
     def __init__(self, config: TransformerConfig, alpha: float = 1.0):
         super().__init__()
         self.config = config
-        attn_kw = dict(dropout=config.attention_dropout, backend=config.attention_backend)
-        self.self_attn = MultiHeadAttention(config.d_model, config.n_heads, **attn_kw)
-        self.multihead_attn = MultiHeadAttention(config.d_model, config.n_heads, **attn_kw)
+        self.self_attn = _attention(config, self_attention=True)
+        self.multihead_attn = _attention(config, self_attention=False)
         self.ff = FeedForward(config)
         self.norm1, self.norm2, self.norm3 = make_norm(config), make_norm(config), make_norm(config)
         self.residual1, self.residual2, self.residual3 = (ResidualBranch(config, alpha) for _ in range(3))
@@ -257,12 +280,17 @@ class DecoderLayer(nn.Module):
         memory: torch.Tensor,
         tgt_key_padding_mask: torch.Tensor | None = None,
         memory_key_padding_mask: torch.Tensor | None = None,
+        tgt_mask: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         def self_attention(h):
+            if tgt_mask is not None:  # already causal
+                return self.self_attn(h, h, h, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask)
             return self.self_attn(h, h, h, key_padding_mask=tgt_key_padding_mask, is_causal=True)
 
         def cross_attention(h):
-            return self.multihead_attn(h, memory, memory, key_padding_mask=memory_key_padding_mask)
+            return self.multihead_attn(h, memory, memory, attn_mask=memory_mask,
+                                       key_padding_mask=memory_key_padding_mask)
 
         x = self.residual1(x, self_attention, self.norm1)
         x = self.residual2(x, cross_attention, self.norm2)
@@ -277,8 +305,12 @@ class Encoder(nn.Module):
         self.norm = make_norm(config) if config.norm_first else None
 
     def forward(self, x, src_key_padding_mask=None):
+        src_mask = None
+        if self.layers[0].config.fast and src_key_padding_mask is not None:
+            # Built once for the whole stack (the teaching layers rebuild it in every layer).
+            src_mask, src_key_padding_mask = ~src_key_padding_mask[:, None, None, :], None
         for layer in self.layers:
-            x = layer(x, src_key_padding_mask)
+            x = layer(x, src_key_padding_mask, src_mask)
         return self.norm(x) if self.norm is not None else x
 
 
@@ -289,8 +321,18 @@ class Decoder(nn.Module):
         self.norm = make_norm(config) if config.norm_first else None
 
     def forward(self, x, memory, tgt_key_padding_mask=None, memory_key_padding_mask=None):
+        tgt_mask = memory_mask = None
+        if self.layers[0].config.fast:
+            # Built once for the whole stack. Without padding the causal case stays is_causal=True,
+            # which lets SDPA pick its fused causal kernel.
+            if tgt_key_padding_mask is not None:
+                T = x.shape[1]
+                tgt_mask = causal_mask(T, device=x.device) & ~tgt_key_padding_mask[:, None, None, :]
+                tgt_key_padding_mask = None
+            if memory_key_padding_mask is not None:
+                memory_mask, memory_key_padding_mask = ~memory_key_padding_mask[:, None, None, :], None
         for layer in self.layers:
-            x = layer(x, memory, tgt_key_padding_mask, memory_key_padding_mask)
+            x = layer(x, memory, tgt_key_padding_mask, memory_key_padding_mask, tgt_mask, memory_mask)
         return self.norm(x) if self.norm is not None else x
 
 
@@ -302,6 +344,21 @@ class Transformer(nn.Module):
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
+        if config.fast:
+            # The teaching model draws the initial weights, so that a fast model and a teaching
+            # model built from the same seed start from the same weights (a packed (3d, d) matrix
+            # would get another Xavier range than three (d, d) ones) and leave the random number
+            # generator in the same state. The fast model's own draws are thrown away.
+            import dataclasses
+
+            teaching = Transformer(dataclasses.replace(config, fast=False))
+            with torch.random.fork_rng(devices=[]):
+                self._build(config)
+            self.load_state_dict(teaching.state_dict())
+        else:
+            self._build(config)
+
+    def _build(self, config: TransformerConfig) -> None:
         self.config = config
         c = config
         self.deepnorm = deepnorm_constants(c.n_encoder_layers, c.n_decoder_layers)
@@ -452,6 +509,9 @@ def greedy_decode(model: Transformer, src, bos_id: int, eos_id: int, max_len: in
 
 
 def _check_torch_compatible(config: TransformerConfig) -> None:
+    if config.fast:
+        raise ValueError("copy weights from the teaching configuration (fast=False); a fast model's state dict "
+                         "loads into one: Transformer(dataclasses.replace(config, fast=False)).load_state_dict(...)")
     if config.norm != "layernorm" or config.residual != "standard":
         raise ValueError(
             "only norm='layernorm' with residual='standard' has a torch.nn.Transformer counterpart; "

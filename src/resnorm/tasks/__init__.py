@@ -59,6 +59,7 @@ from .data import (
     detokenize_english,
     encode_batch,
     english_tokens,
+    form_of,
     generate,
     is_zero_heavy,
     iterate_batches,
@@ -67,6 +68,8 @@ from .data import (
     make_example,
     make_splits,
     read_tsv,
+    short_examples,
+    source_skeleton,
     source_vocab,
     stratum_of,
     target_vocab,
@@ -84,8 +87,9 @@ from .zh_numbers import (
 __all__ = [
     "BOS", "EOS", "PAD", "SPECIALS", "STRATA", "CATEGORIES", "MAX_SOURCE_LEN", "MAX_TARGET_LEN",
     "Batch", "Batches", "Example", "Expression", "Splits", "Vocab",
-    "chinese_tokens", "english_tokens", "detokenize_english", "encode_batch", "generate",
+    "chinese_tokens", "english_tokens", "detokenize_english", "encode_batch", "form_of", "generate",
     "is_zero_heavy", "iterate_batches", "length_bucket", "listed_examples", "make_example",
-    "make_splits", "parse_chinese", "parse_english", "read_tsv", "rules_table", "source_vocab",
+    "make_splits", "parse_chinese", "parse_english", "read_tsv", "rules_table", "short_examples",
+    "source_skeleton", "source_vocab",
     "stratum_of", "target_vocab", "to_chinese", "to_english",
 ]

@@ -9,12 +9,19 @@ Strata
 
 Splits (see :func:`make_splits`)
     * ``listed``: spaces small enough to list completely: every cardinal, ordinal, amount of
-      money and whole percentage below 1000 (with the 两 variants), 4,299 expressions. They are
-      all in ``train`` and are evaluated in full rather than held out.
+      money and whole percentage below 1000 (with the 两 variants), and every expression of at
+      most four Chinese characters (八亿, 第三百万, 二分之一, 负三, 三点一四), about 7,000 in all.
+      They are all trained on and evaluated in full rather than held out: a family of nine
+      values cannot lend most of its values to training and still leave a held-out set something
+      to test.
     * ``test`` and ``valid``: held out *by value*: no English target of ``test`` or ``valid``
       is a target of ``train``, so neither the source string nor its 两/二 twin was seen in
-      training. Stratified: equal shares per category, then equal shares per stratum inside a
-      category. The book's chapter uses ``n_test >= 20_000``; quick runs use a few hundred.
+      training. Held out *by form* too, with a cap: a form (:func:`form_of`: the category, the
+      source with its digits abstracted, and the role of the last English word) lends at most a
+      quarter of its values, and a form too rare to be drawn 40 times lends none; so every
+      held-out expression has a form that training shows, often. Stratified: equal shares per
+      category, then equal shares per stratum inside a category; validation is a stratified
+      tenth of the same draw. The book's chapter uses ``n_test >= 20_000``.
     * ``train``: ``listed`` plus expressions sampled by :func:`generate`, skipping held-out
       values; zero-heavy numbers are oversampled (the task's specification reports a prototype
       that stalled at 80% on them until they made up a large share of its training data).
@@ -252,21 +259,146 @@ def generate(
 
 
 LISTED_BELOW = 1000  # 1- to 3-digit cardinals, ordinals, amounts and whole percentages are listed
+SHORT_SOURCE_MAX = 4  # every expression of at most this many Chinese characters is listed
+HELD_OUT_FORM_SHARE = 0.25  # the held-out sets take at most this share of a form's values
+HELD_OUT_FORM_MIN_SEEN = 40  # ... and nothing from a form seen fewer times in the held-out draws
+
+
+def _few_nonzero_digits(max_digits: int, max_nonzero: int = 2) -> list[int]:
+    """Every integer of at most ``max_digits`` digits with 1 .. ``max_nonzero`` non-zero digits (ascending).
+
+    A Chinese numeral spends a digit character and (except in the units place) a unit character
+    on every non-zero digit, so a source of at most 4 characters has at most 2 non-zero digits
+    (``tests/test_tasks_data.py`` checks this claim on a large sample of the generator).
+    """
+    from itertools import combinations, product
+
+    values = set()
+    for k in range(1, max_nonzero + 1):
+        for places in combinations(range(max_digits), k):
+            for digits in product(range(1, 10), repeat=k):
+                values.add(sum(d * 10**p for d, p in zip(digits, places)))
+    return sorted(values)
+
+
+def short_examples(max_chars: int = SHORT_SOURCE_MAX) -> list[Example]:
+    """Every expression of the task whose Chinese source has at most ``max_chars`` characters.
+
+    These are the task's smallest families (八亿, 第三百万, 二分之一, 负三, 三点一四): a family of
+    nine values cannot lend most of its values to training and still give a held-out set
+    something to test, so all of them are trained on and evaluated in full (see :func:`make_splits`).
+    The enumeration mirrors :func:`generate`'s ranges: a decimal without a fractional part is
+    negative (a positive one would be a cardinal), and no date is this short.
+    """
+    if max_chars > SHORT_SOURCE_MAX:
+        raise ValueError(f"short_examples enumerates sources of at most {SHORT_SOURCE_MAX} characters")
+    out: dict[str, Example] = {}
+
+    def add(category: str, value: Any) -> None:
+        for liang in (False, True):
+            if liang and category not in zh.LIANG_CATEGORIES:
+                continue
+            ex = _example(category, value, liang)
+            if len(ex.source) <= max_chars:
+                out.setdefault(ex.source, ex)
+
+    for category, digits in (("cardinal", 16), ("ordinal", 8), ("money", 12)):
+        for n in [0, *_few_nonzero_digits(digits)] if category != "ordinal" else _few_nonzero_digits(digits):
+            add(category, n)
+    for n in range(0, 11):  # 百分之D and 百分之十; longer percentages have five characters or more
+        add("percent", Decimal(n))
+    for den in range(zh.FRACTION_DENOMINATOR_MIN, 11):  # one-character denominators (二 .. 十)
+        for num in range(1, 11):  # and numerators (一 .. 十)
+            add("fraction", (num, den))
+    for int_part in [0, *_few_nonzero_digits(8)]:
+        int_chars = len(zh._chinese_of("cardinal", int_part, False))
+        if int_chars > max_chars - 1:
+            continue
+        if int_part:
+            add("decimal", Decimal(-int_part))  # 负三: no fractional part, always negative
+        for places in range(1, max_chars - int_chars):
+            for frac in range(1, 10**places):
+                digits = str(frac).zfill(places)
+                if digits.endswith("0"):
+                    continue
+                for sign in ("", "-"):
+                    add("decimal", Decimal(f"{sign}{int_part}.{digits}"))
+    return sorted(out.values(), key=lambda e: (e.category, len(e.source), e.source))
 
 
 def listed_examples() -> list[Example]:
     """The spaces small enough to list completely: every cardinal, ordinal, amount of money and
-    whole percentage below 1000, with the 两 twin where Chinese allows one (4,299 expressions).
-    They go to training and are evaluated in full instead of being held out."""
-    out = []
+    whole percentage below 1000, with the 两 twin where Chinese allows one, and every expression
+    of at most :data:`SHORT_SOURCE_MAX` characters (:func:`short_examples`). They go to training
+    and are evaluated in full instead of being held out."""
+    out: dict[str, Example] = {}
     for category, first in (("cardinal", 0), ("ordinal", 1), ("money", 0), ("percent", 0)):
         for n in range(first, LISTED_BELOW):
             expr = Expression(category, n)
-            out.append(make_example(expr))
-            twin = make_example(expr, liang=True)
-            if twin.source != out[-1].source:
-                out.append(twin)
-    return out
+            for liang in (False, True):
+                ex = make_example(expr, liang=liang)
+                out.setdefault(ex.source, ex)
+    for ex in short_examples():
+        out.setdefault(ex.source, ex)
+    return list(out.values())
+
+
+# ----------------------------------------------------------------------------- forms
+
+_DIGIT_RUN = re.compile(f"[{zh.ZH_DIGITS}两〇]+")
+
+
+def source_skeleton(source: str) -> str:
+    """The source with every run of digit characters replaced by ``D``: 第三百万 -> 第D百万,
+    二〇二六年十一月 -> D年十D月, 负三点一四 -> 负D点D. Units (十 百 千 万 亿) and markers stay."""
+    return _DIGIT_RUN.sub("D", source)
+
+
+def _last_word_classes() -> dict[str, str]:
+    """English number words -> the role they play as the last word of a target.
+
+    ``one`` … ``nine`` -> ``<unit>``, ``ten`` … ``nineteen`` -> ``<teen>``, ``twenty`` … ``ninety``
+    -> ``<tens>``, and the same with ``th`` (ordinals: ``fifth``, ``twelfth``, ``sixtieth``) and
+    ``ths`` (plural denominators: ``fifths``). Scale words (hundred, million, millionth, ...),
+    ``half``/``halves``, ``yuan``, ``percent`` and month names stay themselves: each is a shape
+    the model must learn to write, while sixty and seventy differ only in a digit.
+    """
+    classes: dict[str, str] = {}
+    groups = (("<unit>", zh._EN_ONES[1:10]), ("<teen>", zh._EN_ONES[10:20]), ("<tens>", zh._EN_TENS[2:]))
+    for name, words in groups:
+        for w in words:
+            classes[w] = name
+            classes[zh._ordinal_word(w)] = name + "th"
+            classes[zh._ordinal_word(w) + "s"] = name + "ths"
+    return classes
+
+
+_LAST_WORD_CLASS = _last_word_classes()
+
+
+FORM_SKELETON_MAX = 8  # sources up to this length are grouped by their skeleton; longer ones by length
+
+
+def form_of(ex: Example) -> tuple[str, str, str]:
+    """The form of an example: (category, source shape, role of the last English word).
+
+    The source shape is the :func:`source_skeleton` for sources of at most
+    :data:`FORM_SKELETON_MAX` characters (八亿 -> D亿, 第三百万 -> 第D百万) and the length stratum
+    for longer ones. Two expressions of one form differ only in their digits, and the model must
+    learn to write the last word of each form: "one fifth" and "three fifths" are different forms
+    (fifth / fifths), as are "eight millionth" and "eight million" (the last word's role, not its
+    digit, counts: see :func:`_last_word_classes`). A held-out expression is
+    learnable only if training shows its form, so :func:`make_splits` keeps most of every form's
+    values in training. Long sources are not split further by skeleton: a source of nine or more
+    characters (other than a date, whose year alone has four digits) writes at least two digit
+    characters 一 … 九 (a test checks this on a large sample), each free to take eight or nine
+    values without changing the skeleton, so even its skeleton's family has dozens of members,
+    however rarely that particular pattern of zeros is drawn.
+    """
+    words = english_tokens(ex.target)
+    shape = source_skeleton(ex.source) if len(ex.source) <= FORM_SKELETON_MAX else length_bucket(ex.source)
+    last = words[-1] if words else ""
+    return ex.category, shape, _LAST_WORD_CLASS.get(last, last)
 
 
 # ----------------------------------------------------------------------------- splits
@@ -304,31 +436,56 @@ def _water_fill(quota: int, available: dict[str, int]) -> dict[str, int]:
 
 
 def _held_out(
-    n: int, rng: random.Random, cats: list[str], exclude: set[str], zero_heavy_share: float
+    n: int, rng: random.Random, cats: list[str], exclude: set[str], zero_heavy_share: float,
+    taken_per_form: dict[tuple, int], form_share: float = HELD_OUT_FORM_SHARE,
+    min_seen: int = HELD_OUT_FORM_MIN_SEEN,
 ) -> list[Example]:
-    """``n`` distinct examples, stratified by category then by stratum, none with a target in ``exclude``."""
+    """``n`` distinct examples, stratified by category then by stratum, none with a target in ``exclude``.
+
+    No form (:func:`form_of`) gives more than ``form_share`` of its values: a form may lend at most
+    ``form_share`` times the number of its distinct values seen in this category's draws, minus
+    what earlier calls took (``taken_per_form``, updated here). The values seen are a subset of the
+    form's values, so training keeps at least ``1 - form_share`` of every form. A form with fewer
+    than ``min_seen`` distinct values in the draws lends nothing: it is rare in the generator, so
+    it would be rare in the training stream too, and a held-out set should test what training
+    shows often enough to learn.
+    """
     out: list[Example] = []
     base, extra = divmod(n, len(cats))
     for i, category in enumerate(cats):
         quota = base + (1 if i < extra else 0)
         if quota == 0:
             continue
-        cells: dict[str, list[Example]] = {}
-        seen: set[str] = set()
-        draw = 2 * quota + 50
+        candidates: list[tuple[Example, tuple]] = []  # distinct, not excluded, in draw order
+        seen_per_form: dict[tuple, set[str]] = {}
+        draw = int(quota / form_share) + 200
         while True:
-            before = len(seen)
+            before = sum(len(v) for v in seen_per_form.values())
             for ex in generate(draw, rng, [category], zero_heavy_share=zero_heavy_share):
-                if ex.target in exclude or ex.target in seen:
+                form = form_of(ex)
+                values = seen_per_form.setdefault(form, set())
+                if ex.target in values:
                     continue
-                seen.add(ex.target)
-                cells.setdefault(ex.stratum, []).append(ex)
-            # Never take more than half of a cell's distinct values, so training keeps every stratum.
-            take = _water_fill(quota, {k: (len(v) + 1) // 2 for k, v in cells.items()})
-            if sum(take.values()) >= quota or len(seen) - before < draw // 20:
+                values.add(ex.target)
+                if ex.target not in exclude:
+                    candidates.append((ex, form))
+            # Each form lends its first `allowed` candidates; then the quota is spread over strata.
+            allowed = {f: int(form_share * len(v)) - taken_per_form.get(f, 0) if len(v) >= min_seen else 0
+                       for f, v in seen_per_form.items()}
+            used: dict[tuple, int] = {}
+            cells: dict[str, list[tuple[Example, tuple]]] = {}
+            for ex, form in candidates:
+                if used.get(form, 0) < allowed[form]:
+                    used[form] = used.get(form, 0) + 1
+                    cells.setdefault(ex.stratum, []).append((ex, form))
+            take = _water_fill(quota, {k: len(v) for k, v in cells.items()})
+            new = sum(len(v) for v in seen_per_form.values()) - before
+            if sum(take.values()) >= quota or new < draw // 20:
                 break  # filled, or the category's space is nearly exhausted
         for k in sorted(cells):
-            out.extend(cells[k][: take[k]])
+            for ex, form in cells[k][: take[k]]:
+                out.append(ex)
+                taken_per_form[form] = taken_per_form.get(form, 0) + 1
     for ex in out:
         exclude.add(ex.target)
     return out
@@ -344,8 +501,8 @@ def make_splits(
 ) -> Splits:
     """Deterministic train / valid / test / listed splits (see the module docstring).
 
-    ``n_train`` counts all training examples, including the 4,299 listed ones (so it must be
-    at least that); ``n_valid`` defaults to ``n_test // 10``. Sizes are exact unless a
+    ``n_train`` counts all training examples, including the listed ones (so it must be at
+    least ``len(listed_examples())``); ``n_valid`` defaults to ``n_test // 10``. Sizes are exact unless a
     category's space is too small to fill its share of the held-out sets (not the case for
     the default ranges). The chapter uses ``n_test=20_000``.
     """
@@ -361,8 +518,15 @@ def make_splits(
     rng = random.Random(seed)
     cats, _ = _check_categories(None, weights)
     exclude = {ex.target for ex in listed}
-    test = _held_out(n_test, rng, cats, exclude, zero_heavy_share)
-    valid = _held_out(n_valid, rng, cats, exclude, zero_heavy_share)
+    # One stratified draw for both held-out sets, then a stratified split of it: validation then
+    # has the test set's mix of categories and strata (two draws in a row would not, because the
+    # form caps that the first draw uses up would steer the second).
+    held_out = _held_out(n_test + n_valid, rng, cats, exclude, zero_heavy_share, {})
+    keyed = sorted(held_out, key=lambda ex: (ex.category, ex.stratum, rng.random()))
+    test, valid = [], []
+    for i, ex in enumerate(keyed):  # systematic sampling: every stratum cell splits in the same ratio
+        is_valid = n_valid and (i + 1) * n_valid // len(keyed) > i * n_valid // len(keyed)
+        (valid if is_valid else test).append(ex)
     held = {ex.target for ex in test} | {ex.target for ex in valid}
     train = list(listed)
     while len(train) < n_train:
