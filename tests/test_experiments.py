@@ -184,3 +184,66 @@ def test_sweep_and_summarize(data):
     assert table.count("\n") == 3 and "| pre |" in table
     with pytest.raises(ValueError, match="at least one RunSpec"):
         E.sweep([], (0,), budget, data)
+
+
+# ----------------------------------------------------------------------------- statistics and new probes
+
+
+def test_t_quantiles_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 5, 7, 11, 20, 30, 60):
+        assert E.t_quantile(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-3)
+    with pytest.raises(ValueError):
+        E.t_quantile(0)
+
+
+def test_mean_ci_and_paired_difference():
+    mean, low, high = E.mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and high - mean == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-3)
+    assert math.isnan(E.mean_ci([5.0])[1])
+
+    def run(name, seed, em):
+        return E.RunResult(E.RunSpec(name=name), seed, 10, 5.0, 1.0, 1.0, 0.5, em, False, 1.0, "cpu")
+
+    a = [run("a", s, 0.9 + 0.01 * s) for s in range(4)]
+    b = [run("b", s, 0.5 + 0.01 * s) for s in range(4)]
+    d = E.paired_difference(a, b, "exact_match")
+    assert d["pairs"] == 4 and d["mean"] == pytest.approx(0.4) and d["verdict"] == "a > b"
+    assert E.paired_difference(b, a, "exact_match")["verdict"] == "a < b"
+    noisy = [run("c", s, 0.5 + (0.2 if s % 2 else -0.2)) for s in range(4)]
+    assert E.paired_difference(noisy, b, "exact_match")["verdict"] == "no difference shown"
+
+
+def test_loss_spikes():
+    curve = list(enumerate([5.0, 3.0, 2.0, 1.0, 0.9, 2.0, 0.8, float("nan"), 0.7, 0.7]))
+    assert E.loss_spikes(curve) == 2  # 2.0 > 1.5 * 0.9, and the NaN
+    assert E.loss_spikes(list(enumerate([3.0, 2.0, 1.0]))) == 0
+
+
+def test_update_sizes_are_recorded(data):
+    r = E.train_run(E.RunSpec(n_layers=1, lr=1e-3), TINY, data, update_steps=(0, 3))
+    assert sorted(r.update_sizes) == [0, 3] and all(0 < v < 1 for v in r.update_sizes.values())
+
+
+def test_sweep_in_worker_processes_equals_in_process(data):
+    budget = E.Budget(**{**TINY.__dict__, "eval_examples": 0})
+    specs = [E.RunSpec(n_layers=1, name="pre")]
+    here = E.sweep(specs, (0, 1), budget, data)
+    there = E.sweep(specs, (0, 1), budget, data, workers=2, keep_models=True)
+    assert [r.curve for r in here] == [r.curve for r in there]
+    model = E.restore_model(there[0], budget, data)
+    assert isinstance(model, torch.nn.Module) and there[0].model is None
+
+
+def test_rank_collapse_without_shortcuts_and_not_with_them(data):
+    batches = [data.val_batches[0]]
+    kw = dict(n_layers=6, batches=batches, seeds=(0,), d_model=16, n_heads=2, src_vocab_size=len(data.src_vocab),
+              device="cpu")
+    bare = E.rank_collapse_profile("attention", False, "xavier", **kw)
+    skip = E.rank_collapse_profile("attention", True, "xavier", **kw)
+    assert len(bare["median"]) == 7 and bare["median"][0] == skip["median"][0]
+    assert bare["median"][-1] < 1e-3 < skip["median"][-1]
+    full = E.rank_collapse_profile("pre_ln", True, "gpt2", **kw)
+    assert full["min"][-1] <= full["median"][-1] <= full["max"][-1]
+    with pytest.raises(ValueError, match="kind"):
+        E.rank_collapse_profile("mlp", True, "xavier", **kw)

@@ -1,30 +1,28 @@
 """Experiment runners for the chapter on residuals and LayerNorm inside the Transformer.
 
 A run is one :class:`RunSpec` (placement, norm, residual rule, initialization, depth, learning
-rate, warmup, seed) trained on a fixed :class:`Budget`; :func:`sweep` runs specs x seeds and
-returns tidy rows (one dict per run: final loss, token accuracy, exact match, diverged flag,
-wall time, hardware), and :func:`summarize` turns them into mean / spread per configuration.
+rate, warmup, seed) trained on a :class:`Budget` (model width, batch, steps or seconds) by the
+book's one training loop, :func:`resnorm.train.train`, through its hooks: per-layer gradient
+norms after the backward pass, the size of the model's change per update, and the loss of every
+step. :func:`sweep` runs specs x seeds, one after another or in several processes that share
+one GPU (small models leave most of a GPU idle: a step of a 6+6-layer model with d_model 128 is
+bound by the CPU's kernel launches, so several runs side by side use the GPU better than one).
+:func:`summarize` and :func:`paired_difference` turn the runs into means with 95 % confidence
+intervals over seeds.
 
-Why a loop of our own instead of :func:`resnorm.train.train`: the training chapter's
-``TrainConfig`` has no fields for ``norm``, ``residual`` or ``init``, no hook to read per-layer
-gradient norms during the first steps, and no early stop when the loss turns NaN. The loop
-below reuses that module's pieces (:func:`~resnorm.train.lr_factor` for the warmup and cosine
-schedule, :func:`~resnorm.train.param_groups`, :func:`~resnorm.train.sequence_loss`,
-:class:`~resnorm.train.TaskData` for the held-out splits and the batch stream, and
-:func:`resnorm.evaluate.exact_match`) so that the recipe is the same one.
-
-Every run of a sweep sees the same pre-generated training batches (drawn once per seed), so
-two configurations differ only in the model, never in the data order.
+Every run with the same seed trains on the same stream of batches, so two configurations of a
+comparison differ in the model only, not in the data order.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -87,7 +85,12 @@ def describe_spec(spec: RunSpec) -> str:
 
 @dataclass(frozen=True)
 class Budget:
-    """Model width and training length, the same for every run of a comparison."""
+    """Model width and training length, the same for every run of a comparison.
+
+    ``time_s > 0`` trains each run for that many seconds (the learning-rate schedule follows the
+    fraction of time spent, warmup is counted in steps), at most ``steps`` steps; ``time_s = 0``
+    trains exactly ``steps`` steps. ``eval_examples = 0`` skips the exact-match evaluation.
+    """
 
     steps: int = 100
     batch_size: int = 64
@@ -98,15 +101,23 @@ class Budget:
     val_batches: int = 2  # teacher-forced validation batches for loss and token accuracy
     log_every: int = 5
     n_test: int = 2000  # held-out expressions in the task's split
+    time_s: float = 0.0
+    pad_multiple: int = 1
+    fast: bool = False
+    data_workers: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "d_model", "n_heads", "d_ff", "log_every", "n_test", "val_batches"):
+        for name in ("steps", "batch_size", "d_model", "n_heads", "d_ff", "log_every", "n_test", "val_batches",
+                     "pad_multiple"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Budget.{name} must be positive, got {getattr(self, name)}")
-        if self.eval_examples < 0:
-            raise ValueError(f"Budget.eval_examples must be >= 0, got {self.eval_examples}")
+        if self.eval_examples < 0 or self.time_s < 0 or self.data_workers < 0:
+            raise ValueError("Budget.eval_examples, time_s and data_workers must be >= 0")
         if self.d_model % self.n_heads:
             raise ValueError(f"Budget.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+
+    def replace(self, **changes) -> "Budget":
+        return dataclasses.replace(self, **changes)
 
 
 # ----------------------------------------------------------------------------- data and model
@@ -151,23 +162,25 @@ class Data:
         return have[:steps]
 
 
-def build_model(spec: RunSpec, budget: Budget, data: Data, seed: int = 0):
-    """The Transformer that ``spec`` describes, seeded (``final_norm=False`` drops the stacks' last norm)."""
-    from .transformer import Transformer, TransformerConfig
+def train_config(spec: RunSpec, budget: Budget, seed: int = 0):
+    """The :class:`resnorm.train.TrainConfig` of one run: the training chapter's recipe with this spec and budget."""
+    from . import train
 
-    runtime.seed_everything(seed)
-    config = TransformerConfig(
-        src_vocab_size=len(data.src_vocab), tgt_vocab_size=len(data.tgt_vocab),
-        d_model=budget.d_model, n_heads=budget.n_heads, d_ff=budget.d_ff,
-        n_encoder_layers=spec.n_layers, n_decoder_layers=spec.n_layers, dropout=0.0,
-        norm_first=spec.norm_first, norm=spec.norm, residual=spec.residual, init=spec.init,
-        pad_id=data.tgt_vocab.PAD,
-    )
-    model = Transformer(config)
-    if not spec.final_norm:
-        model.encoder.norm = None
-        model.decoder.norm = None
-    return model
+    return train.make_config(
+        "quick", d_model=budget.d_model, n_heads=budget.n_heads, d_ff=budget.d_ff, n_encoder_layers=spec.n_layers,
+        n_decoder_layers=spec.n_layers, dropout=0.0, norm_first=spec.norm_first, norm=spec.norm,
+        residual=spec.residual, init=spec.init, final_norm=spec.final_norm, fast=budget.fast, n_test=budget.n_test,
+        batch_size=budget.batch_size, pad_multiple=budget.pad_multiple, steps=budget.steps,
+        time_budget_s=budget.time_s, lr=spec.lr, warmup_steps=spec.warmup_steps, schedule="cosine",
+        grad_clip=0.0 if spec.grad_clip is None else spec.grad_clip, seed=seed, log_interval=budget.log_every,
+        eval_interval=10**9, eval_examples=budget.eval_examples, data_workers=budget.data_workers, progress=False)
+
+
+def build_model(spec: RunSpec, budget: Budget, data: Data, seed: int = 0):
+    """The Transformer that ``spec`` describes, seeded: the very model :func:`train_run` starts from."""
+    from . import train
+
+    return train.init_model(train_config(spec, budget, seed), data.task)[0]
 
 
 def ffn_out_layers(model) -> dict[str, list[str]]:
@@ -199,7 +212,7 @@ class RunResult:
     seed: int
     steps_done: int
     first_loss: float
-    final_loss: float  # mean training loss over the last 10% of the steps done (NaN if diverged)
+    final_loss: float  # mean training loss over the last 10% of the logged steps (NaN if diverged)
     val_loss: float
     val_token_accuracy: float
     exact_match: float | None
@@ -208,8 +221,12 @@ class RunResult:
     hardware: str
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, training loss)
     grad_norms: dict[int, dict[str, list[float]]] = field(default_factory=dict)  # step -> stack -> per layer
+    update_sizes: dict[int, float] = field(default_factory=dict)  # step -> relative output change of that update
     parameters: int = 0
+    train_s: float = 0.0  # training time (evaluations excluded)
+    ms_per_step: float = float("nan")
     model: nn.Module | None = None  # the trained model, kept only if train_run(keep_model=True)
+    state: dict | None = None  # its state dict on the CPU (how a worker process returns it)
 
     def row(self) -> dict[str, Any]:
         s = self.spec
@@ -220,7 +237,7 @@ class RunResult:
             "steps": self.steps_done, "final_loss": self.final_loss, "val_loss": self.val_loss,
             "val_token_accuracy": self.val_token_accuracy, "exact_match": self.exact_match,
             "diverged": self.diverged, "wall_s": round(self.wall_s, 2), "hardware": self.hardware,
-            "parameters": self.parameters,
+            "parameters": self.parameters, "ms_per_step": self.ms_per_step, "loss_spikes": loss_spikes(self.curve),
         }
 
 
@@ -236,6 +253,23 @@ def is_diverged(first_loss: float, losses: Sequence[float]) -> bool:
     return statistics.fmean(tail) >= first_loss
 
 
+def loss_spikes(curve: Sequence[tuple[int, float]], factor: float = 1.5, skip: float = 0.1) -> int:
+    """Logged points whose loss exceeds ``factor`` times the lowest loss logged before them.
+
+    The first ``skip`` fraction of the points is left out (the loss falls fast and noisily there).
+    A non-finite loss counts as a spike.
+    """
+    losses = [loss for _, loss in curve]
+    start = max(1, int(len(losses) * skip))
+    spikes, best = 0, min((x for x in losses[:start] if math.isfinite(x)), default=float("inf"))
+    for x in losses[start:]:
+        if not math.isfinite(x) or x > factor * best:
+            spikes += 1
+        elif x < best:
+            best = x
+    return spikes
+
+
 @torch.no_grad()
 def validation_metrics(model, data: Data, device) -> tuple[float, float]:
     """Teacher-forced loss (no label smoothing) and token accuracy on the cached validation batches."""
@@ -246,7 +280,8 @@ def validation_metrics(model, data: Data, device) -> tuple[float, float]:
     total, correct, count = 0.0, 0, 0
     for batch in data.val_batches:
         src, tgt_in, tgt_out, src_mask, tgt_mask = (t.to(device) for t in batch)
-        logits = model(src, tgt_in, src_mask, tgt_mask)
+        with runtime.autocast(device):
+            logits = model(src, tgt_in, src_mask, tgt_mask)
         keep = ~tgt_mask
         n = int(keep.sum())
         total += float(sequence_loss(logits, tgt_out, data.tgt_vocab.PAD, 0.0)) * n
@@ -257,111 +292,202 @@ def validation_metrics(model, data: Data, device) -> tuple[float, float]:
 
 
 def train_run(spec: RunSpec, budget: Budget, data: Data, seed: int = 0, device=None,
-              probe_steps: Iterable[int] = (), on_step: Callable[[int, nn.Module, float], None] | None = None,
-              label_smoothing: float = 0.1, keep_model: bool = False) -> RunResult:
-    """Train one model on ``budget.steps`` batches and measure it.
+              probe_steps: Iterable[int] = (), update_steps: Iterable[int] = (), keep_model: bool = False
+              ) -> RunResult:
+    """Train one model with :func:`resnorm.train.train` and measure it.
 
-    Schedule: linear warmup over ``spec.warmup_steps`` then cosine decay (the training chapter's
-    :func:`resnorm.train.lr_factor`), AdamW with betas (0.9, 0.98), weight decay 0.01 on the
-    linear weights only. ``probe_steps``: optimizer steps (0 = at initialization) at which the
-    per-layer FFN W2 gradient norms are recorded, from the same backward pass that trains.
-    The run stops early at the first non-finite loss. ``on_step(step, model, loss)`` is called
-    after every optimizer step; ``keep_model=True`` returns the trained model in the result.
+    The recipe is the training chapter's (AdamW with betas (0.9, 0.98), weight decay 0.01 on the
+    linear weights, linear warmup then cosine decay, label smoothing 0.1, clipping at
+    ``spec.grad_clip``, mixed precision where the GPU supports it). ``probe_steps``: optimizer
+    steps (0 = at initialization) at which the per-layer FFN W2 gradient norms are recorded, from
+    the backward pass that trains, before clipping. ``update_steps``: steps at which the size of
+    the update's effect on the model, ``||f(x; W_t+1) - f(x; W_t)|| / ||f(x; W_t)||`` on a fixed
+    validation batch (``f`` = the logits), is recorded: the quantity whose blow-up Liu et al.
+    (2020) and Wang et al. (2022) blame for Post-LN's instability. The run stops at the first
+    logged non-finite loss.
     """
     from . import train as T
 
     device = torch.device(device) if device is not None else runtime.device()
-    probe_steps = set(probe_steps)
-    model = build_model(spec, budget, data, seed).to(device)
-    n_params = model.num_parameters()
-    cfg = T.make_config("quick", steps=budget.steps, warmup_steps=spec.warmup_steps, lr=spec.lr,
-                        schedule="cosine", batch_size=budget.batch_size, seed=seed)
-    optimizer = torch.optim.AdamW(T.param_groups(model, cfg.weight_decay), lr=spec.lr, betas=(0.9, cfg.beta2))
-    # Mixed precision as everywhere in the book: bf16 on GPUs of compute capability 8.0+, fp16 with a
-    # scaler on older ones, float32 on CPUs (where both calls below are no-ops).
-    scaler = runtime.grad_scaler(device)
-    pad = data.tgt_vocab.PAD
-    losses: list[float] = []
-    curve: list[tuple[int, float]] = []
+    cfg = train_config(spec, budget, seed)
+    probe_steps, update_steps = set(probe_steps), set(update_steps)
     grads: dict[int, dict[str, list[float]]] = {}
-    start = time.perf_counter()
-    model.train()
-    step = 0
-    for step, batch in enumerate(data.train_batches(seed, budget.steps)):
-        for group in optimizer.param_groups:
-            group["lr"] = spec.lr * T.lr_factor(cfg, step)
-        src, tgt_in, tgt_out, src_mask, tgt_mask = (t.to(device) for t in batch)
+    updates: dict[int, float] = {}
+    first: dict[str, float] = {}
+    probe = tuple(t.to(device) for t in data.val_batches[0]) if update_steps else None
+    before: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def logits_on_probe(model):
+        src, tgt_in, _, src_mask, tgt_mask = probe
         with runtime.autocast(device):
-            logits = model(src, tgt_in, src_mask, tgt_mask)
-            loss = T.sequence_loss(logits, tgt_out, pad, label_smoothing)
-        value = float(loss.detach())
-        losses.append(value)
-        if step % budget.log_every == 0 or step == budget.steps - 1 or not math.isfinite(value):
-            curve.append((step, value))
-        if not math.isfinite(value):
-            break
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # probes and clipping must see the true gradients
+            return model(src, tgt_in, src_mask, tgt_mask).float()
+
+    def on_backward(step, model):
         if step in probe_steps:
             grads[step] = layer_grad_norms(model)
-        if spec.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        if on_step is not None:
-            on_step(step, model, value)
-    steps_done = len(losses)
-    diverged = is_diverged(losses[0], losses)
-    tail = losses[-max(1, steps_done // 10):]
-    final_loss = statistics.fmean(tail) if all(math.isfinite(x) for x in tail) else float("nan")
-    finite_params = all(torch.isfinite(p).all() for p in model.parameters())
-    if finite_params:
-        val_loss, val_acc = validation_metrics(model, data, device)
-    else:
-        val_loss, val_acc = float("nan"), 0.0
-    em = None
-    if data.eval_examples and finite_params:
-        from .evaluate import exact_match
+        if step in update_steps:
+            before["logits"] = logits_on_probe(model)
 
-        em = exact_match(model, data.eval_examples, data.src_vocab, data.tgt_vocab)
-    elif data.eval_examples:
-        em = 0.0
+    def on_step(step, model, loss):
+        if step == 0:
+            first["loss"] = float(loss)
+        if step in update_steps:
+            ref = before.pop("logits")
+            updates[step] = float((logits_on_probe(model) - ref).norm() / ref.norm().clamp_min(1e-12))
+
+    start = time.perf_counter()
+    result = T.train(cfg, data.task, device, on_backward=on_backward, on_step=on_step)
+    model = result.model
+    log = result.log
+    curve = [(r["step"], r["loss"]) for r in log]
+    losses = [loss for _, loss in curve]
+    first_loss = first.get("loss", float("nan"))
+    diverged = result.diverged or is_diverged(first_loss, losses)
+    tail = losses[-max(1, len(losses) // 10):]
+    final_loss = statistics.fmean(tail) if tail and all(math.isfinite(x) for x in tail) else float("nan")
+    finite_params = all(torch.isfinite(p).all() for p in model.parameters())
+    val_loss, val_acc = validation_metrics(model, data, device) if finite_params else (float("nan"), 0.0)
+    em = None
+    if budget.eval_examples:
+        em = log[-1]["val_exact_match"] if log and finite_params else 0.0
+        em = 0.0 if em is None else em
+    steps_done = log[-1]["step"] if log else 0
+    train_s = log[-1]["train_s"] if log else 0.0
     wall = time.perf_counter() - start
-    return RunResult(spec, seed, steps_done, losses[0], final_loss, val_loss, val_acc, em, diverged, wall,
-                     runtime.device_name(device), curve, grads, n_params, model if keep_model else None)
+    return RunResult(spec, seed, steps_done, first_loss, final_loss, val_loss, val_acc, em, diverged, wall,
+                     runtime.device_name(device), curve, grads, updates, model.num_parameters(), train_s,
+                     1000 * train_s / max(steps_done, 1), model if keep_model else None)
+
+
+# ----------------------------------------------------------------------------- several runs
+
+
+def _run_job(job: tuple) -> RunResult:
+    """One run in a worker process: returns the result with the model as a CPU state dict."""
+    spec, budget, data, seed, probe_steps, update_steps, keep_model, threads = job
+    torch.set_num_threads(threads)
+    result = train_run(spec, budget, data, seed, None, probe_steps, update_steps, keep_model=keep_model)
+    if result.model is not None:
+        result.state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+        result.model = None
+    return result
+
+
+def restore_model(result: RunResult, budget: Budget, data: Data) -> nn.Module:
+    """The trained model of a run whose worker returned it as a state dict."""
+    if result.model is not None:
+        return result.model
+    if result.state is None:
+        raise ValueError("this run did not keep its model; run it with keep_models=True")
+    model = build_model(result.spec, budget, data, result.seed)
+    model.load_state_dict(result.state)
+    return model
 
 
 def sweep(specs: Sequence[RunSpec], seeds: Sequence[int], budget: Budget, data: Data | None = None, device=None,
-          probe_steps: Iterable[int] = (), progress: bool = False, keep_models: bool = False) -> list[RunResult]:
+          probe_steps: Iterable[int] = (), update_steps: Iterable[int] = (), progress: bool = False,
+          keep_models: bool = False, workers: int = 1) -> list[RunResult]:
     """Every spec with every seed on the same budget (and, per seed, the same batches).
 
-    ``progress`` prints one line per run; ``keep_models`` keeps each trained model in its result.
+    ``workers > 1`` runs that many runs at a time, each in its own process (started with
+    ``spawn``, so each has its own CUDA context on the one GPU); results come back in the order
+    of the runs. ``progress`` prints one line per run; ``keep_models`` keeps each trained model
+    (a worker returns its state dict; :func:`restore_model` rebuilds it).
     """
     if not specs:
         raise ValueError("sweep needs at least one RunSpec")
     if not seeds:
         raise ValueError("sweep needs at least one seed")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     data = Data(budget) if data is None else data
-    results = []
-    probe_steps = tuple(probe_steps)
-    for spec in specs:
-        for seed in seeds:
-            r = train_run(spec, budget, data, seed, device, probe_steps, keep_model=keep_models)
-            if progress:
-                em = "-" if r.exact_match is None else f"{r.exact_match:.2f}"
-                print(f"{r.spec.label:<44} seed {seed}: loss {r.final_loss:.3f}  tok acc {r.val_token_accuracy:.3f}"
-                      f"  EM {em}  {'DIVERGED ' if r.diverged else ''}{r.wall_s:.1f}s")
+    probe_steps, update_steps = tuple(probe_steps), tuple(update_steps)
+    runs = [(spec, seed) for spec in specs for seed in seeds]
+
+    def report(r: RunResult) -> None:
+        if progress:
+            em = "-" if r.exact_match is None else f"{r.exact_match:.3f}"
+            print(f"{r.spec.label:<44} seed {r.seed}: {r.steps_done} steps, loss {r.final_loss:.3f}, "
+                  f"EM {em}{'  DIVERGED' if r.diverged else ''}, {r.wall_s:.1f} s", flush=True)
+
+    results: list[RunResult] = []
+    if workers == 1:
+        for spec, seed in runs:
+            results.append(train_run(spec, budget, data, seed, device, probe_steps, update_steps, keep_models))
+            report(results[-1])
+        return results
+    import concurrent.futures
+    import multiprocessing
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // workers) if not torch.cuda.is_available() else 1
+    jobs = [(spec, budget, data, seed, probe_steps, update_steps, keep_models, threads) for spec, seed in runs]
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+        for r in pool.map(_run_job, jobs):
             results.append(r)
+            report(r)
     return results
+
+
+# Two-sided 95 % quantiles of Student's t by degrees of freedom (a test checks them against SciPy).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+         10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
+         18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t_quantile(df: int) -> float:
+    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom (for 95 % intervals)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df in _T975:
+        return _T975[df]
+    larger = [k for k in _T975 if k > df]
+    return _T975[min(larger)] if larger else 1.960  # the next larger df: a slightly narrower, close value
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the mean with its 95 % t-interval (NaN bounds for fewer than two values)."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return float("nan"), float("nan"), float("nan")
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = t_quantile(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def paired_difference(a: Sequence[RunResult], b: Sequence[RunResult], metric: str,
+                      key=lambda r: (r.seed, r.spec.lr, r.spec.n_layers)) -> dict[str, Any]:
+    """Mean of ``metric(a) - metric(b)`` over runs paired by ``key`` (same seed, lr, depth), with its 95 % CI.
+
+    Pairing removes what two runs of one seed share (the initial weights' draw, the batches), so the
+    interval is about the configurations, not the seeds. A diverged run counts with its metric as
+    measured (exact match 0, NaN losses are dropped).
+    """
+    by_key = {key(r): r for r in b}
+    diffs = []
+    for r in a:
+        other = by_key.get(key(r))
+        if other is None:
+            continue
+        x, y = getattr(r, metric), getattr(other, metric)
+        if x is not None and y is not None and math.isfinite(x) and math.isfinite(y):
+            diffs.append(x - y)
+    mean, low, high = mean_ci(diffs)
+    verdict = "no data" if not diffs else "too few pairs" if len(diffs) < 2 else (
+        "a > b" if low > 0 else "a < b" if high < 0 else "no difference shown")
+    return {"metric": metric, "pairs": len(diffs), "mean": mean, "low": low, "high": high, "verdict": verdict}
 
 
 def summarize(results: Sequence[RunResult], metrics: Sequence[str] = ("final_loss", "val_token_accuracy", "exact_match")
               ) -> list[dict[str, Any]]:
-    """One row per configuration: runs, diverged count, and mean / std / min / max of each metric.
+    """One row per configuration: runs, diverged count, and mean, 95 % CI, min and max of each metric.
 
-    Means are over the runs that did not diverge (``nan`` if all diverged); the spread is the
-    sample standard deviation (0 for a single run). Wall time is the mean per run.
+    Means are over the runs that did not diverge (``nan`` if all diverged); the interval is the
+    t-interval over those runs (seeds). Wall time and steps are means per run.
     """
     groups: dict[str, list[RunResult]] = {}
     for r in results:
@@ -372,11 +498,13 @@ def summarize(results: Sequence[RunResult], metrics: Sequence[str] = ("final_los
         row: dict[str, Any] = {"config": label, "runs": len(runs), "diverged": len(runs) - len(ok)}
         for m in metrics:
             values = [getattr(r, m) for r in ok if getattr(r, m) is not None and math.isfinite(getattr(r, m))]
-            row[f"{m}_mean"] = statistics.fmean(values) if values else float("nan")
+            mean, low, high = mean_ci(values)
+            row[f"{m}_mean"], row[f"{m}_low"], row[f"{m}_high"] = mean, low, high
             row[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else float("nan")
             row[f"{m}_min"] = min(values) if values else float("nan")
             row[f"{m}_max"] = max(values) if values else float("nan")
         row["wall_s_per_run"] = statistics.fmean(r.wall_s for r in runs)
+        row["steps_per_run"] = statistics.fmean(r.steps_done for r in runs)
         row["parameters"] = runs[0].parameters
         row["hardware"] = runs[0].hardware
         rows.append(row)
@@ -385,15 +513,20 @@ def summarize(results: Sequence[RunResult], metrics: Sequence[str] = ("final_los
 
 def format_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = ("final_loss", "val_token_accuracy", "exact_match"),
                  ) -> str:
-    """A Markdown table of :func:`summarize` rows: mean ± std [min, max] per metric."""
-    head = ["config", "runs", "diverged", *metrics, "s/run"]
+    """A Markdown table of :func:`summarize` rows: mean and 95 % interval per metric."""
+    head = ["config", "runs", "diverged", *metrics, "steps/run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["config"], str(row["runs"]), str(row["diverged"])]
         for m in metrics:
-            mean, std = row[f"{m}_mean"], row[f"{m}_std"]
-            cells.append("—" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}")
-        cells.append(f"{row['wall_s_per_run']:.1f}")
+            mean, low, high = row[f"{m}_mean"], row[f"{m}_low"], row[f"{m}_high"]
+            if math.isnan(mean):
+                cells.append("—")
+            elif math.isnan(low):
+                cells.append(f"{mean:.3f}")
+            else:
+                cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]")
+        cells.append(f"{row['steps_per_run']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -438,3 +571,71 @@ def encoder_stream(model, src: torch.Tensor, src_mask: torch.Tensor) -> list[tor
     finally:
         model.train(was)
     return [x0] + [o[-1] for o in outs]
+
+
+# ----------------------------------------------------------------------------- rank collapse
+
+
+def _init_attention(attn: nn.Module, init: str, gen: torch.Generator) -> None:
+    """Initialize one attention module's four projections as ``init`` does in the Transformer."""
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        lin = getattr(attn, name)
+        with torch.no_grad():
+            if init == "gpt2":
+                lin.weight.normal_(0.0, 0.02, generator=gen)
+            else:  # xavier uniform, as torch.nn.Transformer
+                bound = math.sqrt(6.0 / (lin.in_features + lin.out_features))
+                lin.weight.uniform_(-bound, bound, generator=gen)
+            lin.bias.zero_()
+
+
+@torch.no_grad()
+def rank_collapse_profile(kind: str, shortcut: bool, init: str, n_layers: int, batches: Sequence[tuple],
+                          seeds: Sequence[int], d_model: int, n_heads: int, src_vocab_size: int,
+                          device=None, dtype: torch.dtype = torch.float64) -> dict[str, list[float]]:
+    """How far the tokens are from one shared vector, layer by layer, at initialization.
+
+    ``kind``: ``"attention"`` (a stack of self-attention layers only, no feed-forward and no
+    norm: the setting of Dong et al., 2021), ``"post_ln"`` or ``"pre_ln"`` (our full encoder
+    layers). ``shortcut``: with or without the residual connections. The measure is
+    :func:`resnorm.probes.rank_one_residual` of the token vectors after each layer (0 = collapsed),
+    computed in ``dtype`` (float64 by default, so that a collapse is not hidden by rounding:
+    float32 bottoms out near 1e-7). Returns the median, min and max over seeds x batches.
+    """
+    from .attention import MultiHeadAttention
+    from .probes import rank_one_residual
+    from .transformer import Transformer, TransformerConfig
+
+    if kind not in ("attention", "post_ln", "pre_ln"):
+        raise ValueError(f"kind must be 'attention', 'post_ln' or 'pre_ln', got {kind!r}")
+    device = torch.device(device) if device is not None else runtime.device()
+    per_layer: list[list[float]] = [[] for _ in range(n_layers + 1)]
+    for seed in seeds:
+        runtime.seed_everything(seed)
+        config = TransformerConfig(src_vocab_size=src_vocab_size, tgt_vocab_size=src_vocab_size, d_model=d_model,
+                                   n_heads=n_heads, d_ff=4 * d_model, n_encoder_layers=n_layers, n_decoder_layers=1,
+                                   dropout=0.0, norm_first=kind == "pre_ln", init=init,
+                                   residual="standard" if shortcut else "none")
+        model = Transformer(config).to(device=device, dtype=dtype).eval()
+        if kind == "attention":
+            gen = torch.Generator().manual_seed(seed)
+            layers = []
+            for _ in range(n_layers):
+                attn = MultiHeadAttention(d_model, n_heads)
+                _init_attention(attn, init, gen)
+                layers.append(attn.to(device=device, dtype=dtype).eval())
+        for batch in batches:
+            src, mask = batch[0].to(device), batch[3].to(device)
+            x = model.embed_src(src)
+            stream = [x]
+            if kind == "attention":
+                for attn in layers:
+                    out = attn(x, x, x, key_padding_mask=mask)
+                    x = x + out if shortcut else out
+                    stream.append(x)
+            else:
+                stream = encoder_stream(model, src, mask)
+            for i, h in enumerate(stream):
+                per_layer[i].append(rank_one_residual(h, mask))
+    return {"median": [statistics.median(v) for v in per_layer], "min": [min(v) for v in per_layer],
+            "max": [max(v) for v in per_layer]}

@@ -88,7 +88,7 @@ class TrainConfig:
     # bookkeeping
     log_interval: int = 25
     eval_interval: int = 250
-    eval_examples: int = 1000  # validation expressions decoded at each evaluation
+    eval_examples: int = 1000  # validation expressions decoded at each evaluation (0: no exact-match evaluation)
     data_workers: int = 0  # DataLoader processes generating batches (a GPU outruns one Python process)
     compile: bool = False  # torch.compile after timing eager steps; kept only if its steps are faster
     stop_on_nonfinite: bool = True  # stop at the first log interval whose loss is NaN or inf (a divergence)
@@ -99,13 +99,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         problems = []
         for name in ("d_model", "n_heads", "n_encoder_layers", "n_decoder_layers", "d_ff", "batch_size",
-                     "steps", "log_interval", "eval_interval", "eval_examples", "n_test"):
+                     "steps", "log_interval", "eval_interval", "n_test"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if self.d_model % max(self.n_heads, 1):
             problems.append(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.warmup_steps < 0:
-            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.warmup_steps < 0 or self.eval_examples < 0:
+            problems.append(f"warmup_steps and eval_examples must be >= 0, got {self.warmup_steps}, {self.eval_examples}")
         if not 0.0 <= self.label_smoothing < 1.0:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.dropout < 1.0:
@@ -683,7 +683,7 @@ def train(cfg: TrainConfig, data: TaskData | None = None, device: torch.device |
         em = None
         count = max(sums["count"].item(), 1.0)
         loss_value = sums["loss"].item() / count
-        if evaluate_now and math.isfinite(loss_value):
+        if evaluate_now and cfg.eval_examples and math.isfinite(loss_value):
             raw.eval()
             em = exact_match(raw, val_examples, data.src_vocab, data.tgt_vocab, autocast=autocast)
             raw.train()
