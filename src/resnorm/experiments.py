@@ -363,15 +363,66 @@ def train_run(spec: RunSpec, budget: Budget, data: Data, seed: int = 0, device=N
 # ----------------------------------------------------------------------------- several runs
 
 
-def _run_job(job: tuple) -> RunResult:
+@dataclass(frozen=True)
+class Job:
+    """One run to do: a spec, its budget and seed, and what to probe (see :func:`train_run`)."""
+
+    spec: RunSpec
+    budget: Budget
+    seed: int = 0
+    probe_steps: tuple[int, ...] = ()
+    update_steps: tuple[int, ...] = ()
+    keep_model: bool = False
+
+
+def _run_job(args: tuple) -> RunResult:
     """One run in a worker process: returns the result with the model as a CPU state dict."""
-    spec, budget, data, seed, probe_steps, update_steps, keep_model, threads = job
+    job, data, threads = args
     torch.set_num_threads(threads)
-    result = train_run(spec, budget, data, seed, None, probe_steps, update_steps, keep_model=keep_model)
+    result = train_run(job.spec, job.budget, data, job.seed, None, job.probe_steps, job.update_steps, job.keep_model)
     if result.model is not None:
         result.state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
         result.model = None
     return result
+
+
+def run_jobs(jobs: Sequence[Job], data: Data, workers: int = 1, device=None, progress: bool = False
+             ) -> list[RunResult]:
+    """Do every job, ``workers`` at a time, and return the results in the order of ``jobs``.
+
+    ``workers > 1`` runs each job in its own process, started with ``spawn`` (each with its own
+    CUDA context on the one GPU) from one pool that serves all the jobs, so the processes start
+    once. Put the longest jobs first: the pool hands them out in order.
+    """
+    if not jobs:
+        raise ValueError("run_jobs needs at least one job")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+
+    def report(r: RunResult) -> None:
+        if progress:
+            em = "-" if r.exact_match is None else f"{r.exact_match:.3f}"
+            print(f"{r.spec.label:<40} seed {r.seed}: {r.steps_done:>5} steps, loss {r.final_loss:.3f}, "
+                  f"EM {em}{'  DIVERGED' if r.diverged else ''}, {r.wall_s:.0f} s", flush=True)
+
+    results: list[RunResult] = []
+    if workers == 1:
+        for job in jobs:
+            results.append(train_run(job.spec, job.budget, data, job.seed, device, job.probe_steps,
+                                     job.update_steps, job.keep_model))
+            report(results[-1])
+        return results
+    import concurrent.futures
+    import multiprocessing
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = 1 if torch.cuda.is_available() else max(1, cores // workers)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+        for r in pool.map(_run_job, [(job, data, threads) for job in jobs]):
+            results.append(r)
+            report(r)
+    return results
 
 
 def restore_model(result: RunResult, budget: Budget, data: Data) -> nn.Module:
@@ -388,47 +439,15 @@ def restore_model(result: RunResult, budget: Budget, data: Data) -> nn.Module:
 def sweep(specs: Sequence[RunSpec], seeds: Sequence[int], budget: Budget, data: Data | None = None, device=None,
           probe_steps: Iterable[int] = (), update_steps: Iterable[int] = (), progress: bool = False,
           keep_models: bool = False, workers: int = 1) -> list[RunResult]:
-    """Every spec with every seed on the same budget (and, per seed, the same batches).
-
-    ``workers > 1`` runs that many runs at a time, each in its own process (started with
-    ``spawn``, so each has its own CUDA context on the one GPU); results come back in the order
-    of the runs. ``progress`` prints one line per run; ``keep_models`` keeps each trained model
-    (a worker returns its state dict; :func:`restore_model` rebuilds it).
-    """
+    """Every spec with every seed on the same budget (and, per seed, the same batches): :func:`run_jobs`."""
     if not specs:
         raise ValueError("sweep needs at least one RunSpec")
     if not seeds:
         raise ValueError("sweep needs at least one seed")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
     data = Data(budget) if data is None else data
-    probe_steps, update_steps = tuple(probe_steps), tuple(update_steps)
-    runs = [(spec, seed) for spec in specs for seed in seeds]
-
-    def report(r: RunResult) -> None:
-        if progress:
-            em = "-" if r.exact_match is None else f"{r.exact_match:.3f}"
-            print(f"{r.spec.label:<44} seed {r.seed}: {r.steps_done} steps, loss {r.final_loss:.3f}, "
-                  f"EM {em}{'  DIVERGED' if r.diverged else ''}, {r.wall_s:.1f} s", flush=True)
-
-    results: list[RunResult] = []
-    if workers == 1:
-        for spec, seed in runs:
-            results.append(train_run(spec, budget, data, seed, device, probe_steps, update_steps, keep_models))
-            report(results[-1])
-        return results
-    import concurrent.futures
-    import multiprocessing
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // workers) if not torch.cuda.is_available() else 1
-    jobs = [(spec, budget, data, seed, probe_steps, update_steps, keep_models, threads) for spec, seed in runs]
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-        for r in pool.map(_run_job, jobs):
-            results.append(r)
-            report(r)
-    return results
+    jobs = [Job(spec, budget, seed, tuple(probe_steps), tuple(update_steps), keep_models)
+            for spec in specs for seed in seeds]
+    return run_jobs(jobs, data, workers, device, progress)
 
 
 # Two-sided 95 % quantiles of Student's t by degrees of freedom (a test checks them against SciPy).
@@ -639,3 +658,44 @@ def rank_collapse_profile(kind: str, shortcut: bool, init: str, n_layers: int, b
                 per_layer[i].append(rank_one_residual(h, mask))
     return {"median": [statistics.median(v) for v in per_layer], "min": [min(v) for v in per_layer],
             "max": [max(v) for v in per_layer]}
+
+
+# ----------------------------------------------------------------------------- cost of a normalization
+
+
+def step_time(spec: RunSpec, budget: Budget, data: Data, compile_norms: bool = False, device=None,
+              rep_ms: float = 300.0):
+    """Median time of one training step (forward, backward, AdamW) of ``spec``'s model, in isolation.
+
+    One fixed batch of the training stream (padded as ``budget`` says), the book's mixed precision.
+    ``compile_norms=True`` compiles every normalization module (``nn.Module.compile``, static
+    shapes) and leaves the rest eager: the step then differs from the eager one by what the
+    compiler makes of the norm alone. On a CPU the compiler runs dynamo's tracing only (backend
+    ``eager``), so a CPU's "compiled" time measures no generated code. Returns a
+    :class:`resnorm.bench.Timing` (median and spread over repetitions, warm-up excluded).
+    """
+    from . import bench
+    from .norms import DyT, LayerNorm, RMSNorm
+    from .train import param_groups, sequence_loss
+
+    device = torch.device(device) if device is not None else runtime.device()
+    model = build_model(spec, budget, data).to(device).train()
+    if compile_norms:
+        backend = "inductor" if device.type == "cuda" else "eager"
+        for m in model.modules():
+            if isinstance(m, (LayerNorm, RMSNorm, DyT)):
+                m.compile(dynamic=False, backend=backend)
+    optimizer = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-4, betas=(0.9, 0.98),
+                                  **({"fused": True} if device.type == "cuda" else {}))
+    batch = next(data.task.stream(budget.batch_size, seed=12345, pad_multiple=budget.pad_multiple))
+    src, tgt_in, tgt_out, src_mask, tgt_mask = (t.to(device) for t in batch)
+    pad = data.tgt_vocab.PAD
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with runtime.autocast(device):
+            logits = model(src, tgt_in, src_mask, tgt_mask)
+        sequence_loss(logits, tgt_out, pad, 0.1).backward()
+        optimizer.step()
+
+    return bench.do_bench(step, device=device, rep_ms=rep_ms, flush_l2=False)

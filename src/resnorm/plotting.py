@@ -102,7 +102,7 @@ def color(name: str) -> str:
         "residual": PALETTE[0],
         "post_ln": PALETTE[1],
         "pre_ln": PALETTE[0],
-        "reference": PALETTE[7],
+        "reference": PALETTE[6],
         "ours": PALETTE[2],
     }
     return roles[name]
