@@ -78,14 +78,23 @@ def notebook_markdown(name: str) -> str:
 
 
 def slug(title: str) -> str:
-    """The anchor MyST gives a heading (myst_heading_anchors): lower case, punctuation dropped, spaces to '-'."""
-    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+    """The anchor MyST gives a heading (myst_heading_anchors), as myst_parser's default_slugify computes it:
+    from the heading's text and inline code only (math is left out), lower case, spaces to '-', then
+    everything but word characters, CJK and '-' dropped."""
+    text = re.sub(r"\$[^$]*\$", "", title.strip()).replace("`", "")
+    return re.sub(r"[^\w\u4e00-\u9fff\- ]", "", text.lower().replace(" ", "-"))
 
 
 def heading_anchors(page: str, depth: int = 3) -> set[str]:
     path = BOOK / page
     text = notebook_markdown(page) if path.suffix == ".ipynb" else path.read_text(encoding="utf-8")
-    return {slug(h.replace("`", "")) for h in re.findall(rf"^#{{1,{depth}}} (.+)$", text, flags=re.M)}
+    return {slug(h) for h in re.findall(rf"^#{{1,{depth}}} (.+)$", text, flags=re.M)}
+
+
+def test_the_slug_is_mysts():
+    assert slug("Why divide by $\\sqrt{d_k}$") == "why-divide-by-"
+    assert slug("The invariance table of Ba, Kiros & Hinton (2016)") == "the-invariance-table-of-ba-kiros--hinton-2016"
+    assert slug("A worked example: 我 爱 中国") == "a-worked-example-我-爱-中国"
 
 
 def toc_pages() -> set[str]:
