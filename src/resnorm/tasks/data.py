@@ -326,11 +326,12 @@ def short_examples(max_chars: int = SHORT_SOURCE_MAX) -> list[Example]:
     return sorted(out.values(), key=lambda e: (e.category, len(e.source), e.source))
 
 
-def listed_examples() -> list[Example]:
+def listed_examples(short: bool = True) -> list[Example]:
     """The spaces small enough to list completely: every cardinal, ordinal, amount of money and
     whole percentage below 1000, with the 两 twin where Chinese allows one, and every expression
-    of at most :data:`SHORT_SOURCE_MAX` characters (:func:`short_examples`). They go to training
-    and are evaluated in full instead of being held out."""
+    of at most :data:`SHORT_SOURCE_MAX` characters (:func:`short_examples`; ``short=False`` leaves
+    those out, as the book's first split did). They go to training and are evaluated in full
+    instead of being held out."""
     out: dict[str, Example] = {}
     for category, first in (("cardinal", 0), ("ordinal", 1), ("money", 0), ("percent", 0)):
         for n in range(first, LISTED_BELOW):
@@ -338,7 +339,7 @@ def listed_examples() -> list[Example]:
             for liang in (False, True):
                 ex = make_example(expr, liang=liang)
                 out.setdefault(ex.source, ex)
-    for ex in short_examples():
+    for ex in short_examples() if short else ():
         out.setdefault(ex.source, ex)
     return list(out.values())
 
@@ -498,15 +499,24 @@ def make_splits(
     n_valid: int | None = None,
     weights: dict[str, float] | None = None,
     zero_heavy_share: float = ZERO_HEAVY_SHARE,
+    form_share: float = HELD_OUT_FORM_SHARE,
+    min_form_seen: int = HELD_OUT_FORM_MIN_SEEN,
+    list_short: bool = True,
 ) -> Splits:
     """Deterministic train / valid / test / listed splits (see the module docstring).
+
+    ``form_share``, ``min_form_seen`` and ``list_short`` are the three safeguards that keep every
+    held-out form learnable. ``form_share=1.0, min_form_seen=0, list_short=False`` switches them
+    off: a naive split by value, which the training chapter uses to show what goes wrong.
 
     ``n_train`` counts all training examples, including the listed ones (so it must be at
     least ``len(listed_examples())``); ``n_valid`` defaults to ``n_test // 10``. Sizes are exact unless a
     category's space is too small to fill its share of the held-out sets (not the case for
     the default ranges). The chapter uses ``n_test=20_000``.
     """
-    listed = listed_examples()
+    if not 0 < form_share <= 1 or min_form_seen < 0:
+        raise ValueError(f"form_share must lie in (0, 1] and min_form_seen be >= 0, got {form_share}, {min_form_seen}")
+    listed = listed_examples(short=list_short)
     for name, value in (("n_train", n_train), ("n_test", n_test), ("n_valid", n_valid)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
@@ -521,7 +531,7 @@ def make_splits(
     # One stratified draw for both held-out sets, then a stratified split of it: validation then
     # has the test set's mix of categories and strata (two draws in a row would not, because the
     # form caps that the first draw uses up would steer the second).
-    held_out = _held_out(n_test + n_valid, rng, cats, exclude, zero_heavy_share, {})
+    held_out = _held_out(n_test + n_valid, rng, cats, exclude, zero_heavy_share, {}, form_share, min_form_seen)
     keyed = sorted(held_out, key=lambda ex: (ex.category, ex.stratum, rng.random()))
     test, valid = [], []
     for i, ex in enumerate(keyed):  # systematic sampling: every stratum cell splits in the same ratio
