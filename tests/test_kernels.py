@@ -220,3 +220,26 @@ def test_launch_config_heuristics():
     for cfg in (narrow, wide):
         assert cfg["num_warps"] & (cfg["num_warps"] - 1) == 0  # a power of two
     assert kernels.launch_config(32768, 2)["BLOCK_N"] == 32768  # 64 KB of bf16 is allowed
+
+
+def test_launch_config_directions_and_overrides(monkeypatch):
+    assert kernels.launch_config(1024, 2)["num_warps"] == 8  # 4 rows x 1024 = 4096 elements, 512 per warp
+    with pytest.raises(ValueError, match="direction"):
+        kernels.launch_config(256, 4, "sideways")
+    monkeypatch.setitem(kernels.OVERRIDES, ("bwd", 256, 4), {"BLOCK_M": 2, "num_warps": 2})
+    assert kernels.launch_config(256, 4, "bwd")["BLOCK_M"] == 2
+    assert kernels.launch_config(256, 4, "fwd")["BLOCK_M"] == 16
+
+
+@needs_triton
+def test_any_override_computes_the_same_result(monkeypatch):
+    x, w, b, dy = make((53, 256), torch.float32, seed=5)
+    y0, grads0 = run_triton(x, w, b, dy)
+    for direction in ("fwd", "bwd"):
+        monkeypatch.setitem(kernels.OVERRIDES, (direction, 256, 4), {"BLOCK_M": 4, "num_warps": 2})
+    y1, grads1 = run_triton(x, w, b, dy)
+    ref, ref_grads = reference(x, w, b, dy)
+    assert (y1.double().cpu() - ref).abs().max() < 1e-5
+    for g1, g0, gr in zip(grads1, grads0, ref_grads):
+        assert (g1.double().cpu() - gr).abs().max() / gr.abs().max() < 1e-5
+        assert torch.allclose(g1, g0, rtol=1e-5, atol=1e-5)

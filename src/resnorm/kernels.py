@@ -15,10 +15,11 @@ change in the backward pass that makes it deterministic:
 
   dx is a per-row computation, but dw and db are sums over *all* rows. Each program walks
   a contiguous stripe of rows, writes their dx, and accumulates its own partial dw and db in
-  float32 registers; it stores them in row ``pid`` of a ``(G, N)`` buffer. A second, tiny
-  kernel (``_sum_rows``) reduces the G partial rows. The tutorial instead accumulates partial
-  sums in shared buffers guarded by a spin lock, whose summation order (and so last bit of
-  the result) changes from run to run; here the order is fixed.
+  a float32 tile of registers, summed over its rows once at the end; it stores them in row
+  ``pid`` of a ``(2, G, N)`` buffer, and PyTorch's ``sum`` reduces the G partial rows. The
+  tutorial instead accumulates partial sums in shared buffers guarded by a spin lock, whose
+  summation order (and so last bit of the result) changes from run to run; here the order
+  is fixed.
 
 Rows wider than 64 KB (16384 float32 or 32768 bfloat16 features) do not fit the one-block
 design and are rejected with a clear error, as in the tutorial.
@@ -142,8 +143,11 @@ def _layer_norm_bwd(X, DY, DX, W, Mean, Rstd, DW_partial, DB_partial,
     col_ok = cols < N
     if HAS_WEIGHT:
         w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
-    db = tl.zeros([BLOCK_N], dtype=tl.float32)
+    # The partial sums of dw and db stay a (BLOCK_M, BLOCK_N) tile in registers and are summed
+    # over their rows once, after the loop: summing over rows inside the loop (the first
+    # version) costs a reduction across warps, through shared memory, at every step.
+    dw = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     first = pid * rows_per_program
     # rows_per_program is a multiple of BLOCK_M, so stripes never overlap.
     for start in range(0, rows_per_program, BLOCK_M):
@@ -165,29 +169,16 @@ def _layer_norm_bwd(X, DY, DX, W, Mean, Rstd, DW_partial, DB_partial,
         dx = (g - c_g[:, None] - xhat * c_gx[:, None]) * rstd[:, None]
         tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
         if HAS_WEIGHT:
-            dw += tl.sum(dy * xhat, axis=0)
+            dw += dy * xhat
         if HAS_BIAS:
-            db += tl.sum(dy, axis=0)
+            db += dy
     if HAS_WEIGHT:
-        tl.store(DW_partial + pid * N + cols, dw, mask=col_ok)
+        tl.store(DW_partial + pid * N + cols, tl.sum(dw, axis=0), mask=col_ok)
     if HAS_BIAS:
-        tl.store(DB_partial + pid * N + cols, db, mask=col_ok)
+        tl.store(DB_partial + pid * N + cols, tl.sum(db, axis=0), mask=col_ok)
 
 
-def _sum_rows(P, OUT, G, N, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr):
-    """OUT[j] = Σ_i P[i, j] for a (G, N) float32 matrix, one program per BLOCK_N columns."""
-    pid = tl.program_id(0)
-    cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
-    acc = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
-    for start in range(0, G, BLOCK_G):
-        rows = start + tl.arange(0, BLOCK_G)
-        mask = (rows[:, None] < G) & col_ok[None, :]
-        acc += tl.load(P + rows[:, None] * N + cols[None, :], mask=mask, other=0.0)
-    tl.store(OUT + cols, tl.sum(acc, axis=0).to(OUT.dtype.element_ty), mask=col_ok)
-
-
-_KERNEL_SOURCES = {"fwd": _layer_norm_fwd, "bwd": _layer_norm_bwd, "sum_rows": _sum_rows}
+_KERNEL_SOURCES = {"fwd": _layer_norm_fwd, "bwd": _layer_norm_bwd}
 
 
 @functools.lru_cache(maxsize=1)
@@ -220,22 +211,40 @@ def _block_n(n: int, element_size: int) -> int:
     return block
 
 
-def launch_config(n: int, element_size: int) -> dict:
+# Launch settings measured to be better on a GPU than the heuristics below, by (direction, N,
+# element size): {"BLOCK_M": ..., "num_warps": ...}. Empty unless a benchmark fills it in
+# (the performance chapter measures a few candidates and keeps the fastest); every setting
+# computes the same result, so this changes speed only.
+OVERRIDES: dict[tuple[str, int, int], dict[str, int]] = {}
+
+
+def launch_config(n: int, element_size: int, direction: str = "fwd") -> dict:
     """Block sizes and warps for a row of ``n`` features (the heuristics, written down).
 
     Narrow rows are packed several to a program (``BLOCK_M`` rows, about 4096 elements per
     block) so that a program has enough work to hide memory latency; wide rows get one row
-    per program and more warps to share it (one warp per 256 elements, 1 to 16 warps).
+    per program. One warp per 512 elements of the block, 1 to 16 warps: each thread then keeps
+    16 elements, several 16-byte loads in flight, where the first version's one warp per 256
+    elements left each thread a single 16-byte load of bf16. ``direction`` ("fwd" or
+    "bwd") selects an entry of :data:`OVERRIDES`, if there is one.
     """
+    if direction not in ("fwd", "bwd"):
+        raise ValueError(f"direction must be 'fwd' or 'bwd', got {direction!r}")
     block_n = _block_n(n, element_size)
     block_m = max(1, min(16, 4096 // block_n))
-    num_warps = min(16, max(1, (block_m * block_n) // 256))
+    num_warps = min(16, max(1, (block_m * block_n) // 512))
     num_warps = 1 << (num_warps.bit_length() - 1)  # a power of two
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps}
+    config = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps}
+    config.update(OVERRIDES.get((direction, n, element_size), {}))
+    return config
 
 
 def _num_programs_bwd(m: int, block_m: int, device: torch.device) -> int:
-    """How many programs share the backward's rows: a few per SM, and no more than needed."""
+    """How many programs share the backward's rows: a few per SM, and no more than needed.
+
+    Each program writes one row of partial dw and db sums, which a reduction then adds up:
+    more programs stream the rows with more parallelism, fewer leave less to reduce.
+    """
     if device.type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         target = 4 * sms
@@ -276,32 +285,27 @@ def layer_norm_forward(x2: torch.Tensor, weight, bias, eps: float):
 def layer_norm_backward(dy2: torch.Tensor, x2: torch.Tensor, weight, mean, rstd, has_bias: bool):
     """Launch the backward kernels; return ``dx, dw, db`` (dw/db None where absent)."""
     m, n = x2.shape
-    cfg = launch_config(n, x2.element_size())
+    cfg = launch_config(n, x2.element_size(), "bwd")
     block_m = cfg["BLOCK_M"]
     programs = _num_programs_bwd(m, block_m, x2.device)
     rows_per_program = triton.cdiv(triton.cdiv(m, programs), block_m) * block_m
     programs = triton.cdiv(m, rows_per_program)
     has_weight = weight is not None
     dx = torch.empty_like(x2, memory_format=torch.contiguous_format)
-    dw_partial = torch.empty((programs, n), dtype=torch.float32, device=x2.device) if has_weight else None
-    db_partial = torch.empty((programs, n), dtype=torch.float32, device=x2.device) if has_bias else None
+    # One buffer for both partial sums, so that one (deterministic) reduction adds them up.
+    partial = torch.empty((2, programs, n), dtype=torch.float32, device=x2.device)
     k = _kernels()
     k["bwd"][(programs,)](
-        x2, dy2, dx, weight if has_weight else x2, mean, rstd,
-        dw_partial if has_weight else mean, db_partial if has_bias else mean,
+        x2, dy2, dx, weight if has_weight else x2, mean, rstd, partial[0], partial[1],
         m, n, x2.stride(0), dy2.stride(0), dx.stride(0), rows_per_program,
         HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
         BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
     )
-
-    def reduce(partial, like):
-        out = torch.empty(n, dtype=like.dtype, device=x2.device)
-        block_n = min(128, triton.next_power_of_2(n))
-        k["sum_rows"][(triton.cdiv(n, block_n),)](partial, out, programs, n, BLOCK_G=32, BLOCK_N=block_n)
-        return out
-
-    dw = reduce(dw_partial, weight) if has_weight else None
-    db = reduce(db_partial, weight if has_weight else x2) if has_bias else None
+    # The (2, programs, n) partial sums are small (programs is a few per SM); PyTorch's sum adds
+    # them in a fixed order (no atomics), so dw and db are the same bits on every run.
+    sums = partial.sum(dim=1)
+    dw = sums[0].to(weight.dtype) if has_weight else None
+    db = sums[1].to(weight.dtype if has_weight else x2.dtype) if has_bias else None
     return dx, dw, db
 
 
