@@ -293,14 +293,16 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
 
 
 def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
-    """The identity when the shape is kept; a 1x1 conv + batch norm only when it changes.
+    """The identity if the shape is kept; a 1x1 conv + batch norm only if it changes.
 
-    He et al. (CVPR 2016) call this option B: projections only where the dimensions increase.
+    He et al. (CVPR 2016) call this option B: projections only where the dimensions
+    increase. (The book prints this function: keep its lines within 88 characters.)
     """
     _check_positive(in_channels=in_channels, out_channels=out_channels, stride=stride)
     if stride == 1 and in_channels == out_channels:
         return nn.Identity()
-    return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+    return nn.Sequential(conv1x1(in_channels, out_channels, stride),
+                         nn.BatchNorm2d(out_channels))
 
 
 def _check_image(x: torch.Tensor, channels: int, name: str) -> None:
