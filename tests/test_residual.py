@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnorm import probes as P
 from resnorm import residual as R
 from resnorm.residual import (
     BasicBlock,
@@ -136,6 +137,66 @@ def test_residual_mlp_twin_has_the_same_parameters_as_plain():
         plain_mlp(depth=4, width=8, out_features=3, head=False)
     x = torch.randn(3, 8)
     torch.testing.assert_close(res[0](x), x + torch.relu(res.linears[0](x)))
+
+
+def test_residual_mlp_with_a_norm_matches_functional_reference_in_float64():
+    """x + relu(BN(W x)) per block, batch statistics (train mode), against torch.nn.functional."""
+    torch.manual_seed(0)
+    net = residual_mlp(depth=3, width=8, init="kaiming", norm="batch").double()
+    x = torch.randn(16, 8, dtype=torch.float64)
+    h = x
+    for block in net:
+        bn = block.norm
+        pre = F.linear(h, block.linear.weight, block.linear.bias)
+        h = h + F.relu(F.batch_norm(pre, None, None, bn.weight, bn.bias, training=True, eps=bn.eps))
+    torch.testing.assert_close(net(x), h, rtol=0, atol=1e-12)
+    # the shortcut is the only difference from the plain twin: same parameter count
+    plain = plain_mlp(depth=3, width=8, init="kaiming", norm="batch", head=False)
+    assert count_parameters(net) == count_parameters(plain) == 3 * (8 * 8 + 8 + 2 * 8)
+
+
+def test_residual_mlp_without_a_norm_keeps_its_parameters_and_function():
+    torch.manual_seed(0)
+    net = residual_mlp(depth=2, width=8)
+    # norm=None adds no parameter or buffer: the state_dict has only the linear layers
+    assert sorted(net.state_dict()) == ["0.linear.bias", "0.linear.weight", "1.linear.bias", "1.linear.weight"]
+    x = torch.randn(3, 8)
+    h = x + torch.relu(net.linears[0](x))
+    torch.testing.assert_close(net(x), h + torch.relu(net.linears[1](h)))
+    with pytest.raises(ValueError, match="norm"):
+        residual_mlp(depth=2, width=8, norm="group")
+
+
+# ---------------------------------------------------------------- probes used by the chapter
+
+
+def _cosine_reference(features: torch.Tensor) -> float:
+    """Mean over ordered pairs i != j of F.cosine_similarity, one pair at a time, float64."""
+    f = features.double().reshape(features.shape[0], -1)
+    n = f.shape[0]
+    values = [F.cosine_similarity(f[i], f[j], dim=0).item() for i in range(n) for j in range(n) if i != j]
+    return sum(values) / len(values)
+
+
+def test_mean_pairwise_cosine_matches_pairwise_reference():
+    torch.manual_seed(0)
+    shared = torch.randn(1, 12)
+    for weight in (0.0, 1.0, 5.0):  # from unrelated rows to rows that share one direction
+        x = torch.randn(9, 12) + weight * shared
+        assert P.mean_pairwise_cosine(x) == pytest.approx(_cosine_reference(x), abs=1e-12)
+    images = torch.randn(5, 2, 3, 3)  # trailing dimensions are flattened
+    assert P.mean_pairwise_cosine(images) == pytest.approx(_cosine_reference(images), abs=1e-12)
+
+
+def test_mean_pairwise_cosine_extreme_cases():
+    row = torch.randn(1, 6)
+    assert P.mean_pairwise_cosine(row.repeat(4, 1) * torch.arange(1.0, 5.0)[:, None]) == pytest.approx(1.0, abs=1e-12)
+    assert P.mean_pairwise_cosine(torch.eye(5)) == pytest.approx(0.0, abs=1e-12)
+    assert P.mean_pairwise_cosine(torch.cat([row, -row])) == pytest.approx(-1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="N >= 2"):
+        P.mean_pairwise_cosine(torch.randn(1, 6))
+    with pytest.raises(ValueError, match="1 of 3 feature vectors are zero"):
+        P.mean_pairwise_cosine(torch.cat([torch.randn(2, 6), torch.zeros(1, 6)]))
 
 
 # ---------------------------------------------------------------- ResNet blocks

@@ -188,6 +188,29 @@ def stack_profile(values: Sequence[float]) -> dict[str, float]:
     return {"first": first, "last": last, "first_over_last": first / last if last else float("inf")}
 
 
+def mean_pairwise_cosine(features: torch.Tensor) -> float:
+    """Mean cosine similarity between the feature vectors of different examples, in float64.
+
+    ``features``: ``(N, ...)``, one example per row (trailing dimensions are flattened), N >= 2.
+    Returns the mean of ``cos(f_i, f_j)`` over the ``N (N - 1)`` ordered pairs ``i != j``.
+    About 0 when the examples point in unrelated directions; close to 1 when a network maps
+    every input to nearly the same direction, so that what follows can barely tell them apart.
+    Computed from the sum of the unit vectors, ``(|sum_i u_i|^2 - sum_i |u_i|^2) / (N (N - 1))``,
+    in O(N d) memory instead of the N x N matrix of cosines.
+    """
+    if features.dim() < 2 or features.shape[0] < 2:
+        raise ValueError(f"features must be (N, ...) with N >= 2 examples, got shape {list(features.shape)}")
+    flat = features.detach().double().reshape(features.shape[0], -1)
+    norms = flat.norm(dim=1)
+    zero = int((norms == 0).sum())
+    if zero:
+        raise ValueError(f"{zero} of {flat.shape[0]} feature vectors are zero: their cosine is undefined")
+    unit = flat / norms[:, None]
+    total = unit.sum(dim=0)
+    n = flat.shape[0]
+    return float((total @ total - unit.pow(2).sum()) / (n * (n - 1)))
+
+
 # ----------------------------------------------------------------------------- rank collapse
 
 

@@ -251,29 +251,33 @@ def plain_mlp(depth: int, width: int, in_features: int | None = None, out_featur
 
 
 def residual_mlp(depth: int, width: int, init: str = "default", activation: str = "relu",
-                 residual_scale: float = 1.0) -> nn.Sequential:
-    """``depth`` residual blocks ``x + s * act(W x)`` (no norm): the residual twin of :func:`plain_mlp`.
+                 residual_scale: float = 1.0, norm: str | None = None) -> nn.Sequential:
+    """``depth`` residual blocks ``x + s * act(norm(W x))``: the residual twin of :func:`plain_mlp`.
 
-    Each block has one linear layer, like one layer of :func:`plain_mlp`, so the two have the
-    same parameters; the hidden linear layers are listed in ``linears``.
+    Each block has one linear layer (and the same optional norm after it) like one layer of
+    ``plain_mlp(..., norm=norm, head=False)``, so the two have the same parameters and differ
+    only by the shortcut; the default ``norm=None`` gives ``x + s * act(W x)``. The hidden
+    linear layers are listed in ``linears``.
     """
     _check_positive(depth=depth, width=width)
-    blocks = [_OneLayerResidual(width, init, activation, residual_scale) for _ in range(depth)]
+    blocks = [_OneLayerResidual(width, init, activation, residual_scale, norm) for _ in range(depth)]
     net = nn.Sequential(*blocks)
     net.linears = [b.linear for b in blocks]
     return net
 
 
 class _OneLayerResidual(nn.Module):
-    def __init__(self, width: int, init: str, activation: str, residual_scale: float):
+    def __init__(self, width: int, init: str, activation: str, residual_scale: float,
+                 norm: str | None = None):
         super().__init__()
         self.linear = nn.Linear(width, width)
         init_linear(self.linear, init)
+        self.norm = make_norm(norm, width)  # nn.Identity for None: no parameters, no state
         self.act = make_activation(activation)
         self.residual_scale = residual_scale
 
     def forward(self, x):
-        return x + self.residual_scale * self.act(self.linear(x))
+        return x + self.residual_scale * self.act(self.norm(self.linear(x)))
 
 
 # --------------------------------------------------------------------------- ResNet blocks
@@ -289,14 +293,16 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
 
 
 def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
-    """The identity when the shape is kept; a 1x1 conv + batch norm only when it changes.
+    """The identity if the shape is kept; a 1x1 conv + batch norm only if it changes.
 
-    He et al. (CVPR 2016) call this option B: projections only where the dimensions increase.
+    He et al. (CVPR 2016) call this option B: projections only where the dimensions
+    increase. (The book prints this function: keep its lines within 88 characters.)
     """
     _check_positive(in_channels=in_channels, out_channels=out_channels, stride=stride)
     if stride == 1 and in_channels == out_channels:
         return nn.Identity()
-    return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+    return nn.Sequential(conv1x1(in_channels, out_channels, stride),
+                         nn.BatchNorm2d(out_channels))
 
 
 def _check_image(x: torch.Tensor, channels: int, name: str) -> None:
