@@ -9,7 +9,7 @@ READY  := $(VENV)/.requirements-installed
 # Per-cell limit for nbval; quick mode is meant to take seconds.
 CELL_TIMEOUT ?= 600
 
-.PHONY: book test test-site venv execute check-stamps clean
+.PHONY: book test test-smoke test-site venv execute check-stamps gpu clean
 
 venv: $(READY)
 
@@ -30,6 +30,14 @@ test: $(READY)
 	RESNORM_MODE=quick $(BIN)/python -m pytest tests \
 	    $$($(BIN)/python -m resnorm.stamps list) \
 	    --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider
+	$(MAKE) --no-print-directory test-smoke
+
+# The GPU chapters once more, in full mode at toy size on the CPU (RESNORM_SMOKE=1): every cell
+# that only full mode reaches runs here first, so a GPU run is never lost to a typo.
+GPU_NOTEBOOKS = $$($(BIN)/python -c "from resnorm.execute import GPU_CHAPTERS; print(*GPU_CHAPTERS)")
+test-smoke: $(READY)
+	RESNORM_MODE=full RESNORM_SMOKE=1 $(BIN)/python -m pytest $(GPU_NOTEBOOKS) \
+	    --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider
 
 # The built site in headless Chromium (tests/site): every page of _toc.yml loads without
 # JavaScript errors or outside requests, MathJax typesets, images and internal links resolve,
@@ -47,6 +55,14 @@ test-site: book $(SITE_READY)
 MODE ?=
 execute: $(READY)
 	$(BIN)/python -m resnorm.execute $(if $(MODE),--mode $(MODE)) $(NB)
+
+# On a machine with an NVIDIA GPU: execute the GPU chapters in full mode with the executor, one
+# after another (training, performance, experiments), printing each one's wall time against its
+# budget (10 minutes in all on one H100). GPU_PYTHON: a Python with torch, triton and the
+# executor's packages (on the lent GPU machines, python3 with PYTHONPATH set; see CONTRIBUTING).
+GPU_PYTHON ?= $(BIN)/python
+gpu:
+	PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m resnorm.execute --gpu-chapters $(if $(COPY_TO),--copy-to $(COPY_TO))
 
 check-stamps: $(READY)
 	$(BIN)/python -m resnorm.stamps check

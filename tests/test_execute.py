@@ -61,3 +61,20 @@ def test_command_line_reports_failure_with_exit_code(make_notebook, capsys):
     err = capsys.readouterr().err
     assert "FAILED" in err and "bad.ipynb" in err and "ZeroDivisionError" in err
     assert stamps.get_stamp(nbformat.read(good, as_version=4)) is not None
+
+
+def test_gpu_chapters_exist_are_in_the_toc_and_fit_ten_minutes():
+    toc = {p.as_posix() for p in stamps.toc_notebooks()}
+    assert set(execute.GPU_CHAPTERS) <= toc
+    assert sum(execute.GPU_CHAPTERS.values()) <= 600  # `make gpu`: at most 10 minutes on one H100
+    assert list(execute.GPU_CHAPTERS)[0] == "book/training.ipynb"  # the most important run first
+
+
+def test_gpu_chapters_refuse_other_modes_and_a_cpu_run(monkeypatch):
+    with pytest.raises(SystemExit):
+        execute.main(["--gpu-chapters", "--mode", "cpu"])
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="full mode is for a GPU"):
+            execute.main(["--gpu-chapters"])

@@ -22,6 +22,16 @@ from . import __version__, stamps
 
 DEFAULT_CELL_TIMEOUT_S = 1800
 
+# The chapters whose committed outputs come from a GPU run, in the order `make gpu` runs them,
+# with each one's budget on one H100 (seconds of executor wall time, kernel start included).
+# The notebooks size their work to these budgets (time budgets in code); the executor reports
+# each one's wall time against its budget as a goal line.
+GPU_CHAPTERS: dict[str, float] = {
+    "book/training.ipynb": 270.0,
+    "book/performance.ipynb": 90.0,
+    "book/experiments.ipynb": 240.0,
+}
+
 
 def _device_facts(mode: str) -> dict:
     """Describe the hardware the kernel will see (the kernel runs on this machine, in this environment)."""
@@ -121,13 +131,25 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime import MODES, mode as default_mode
 
     parser = argparse.ArgumentParser(prog="python -m resnorm.execute", description=__doc__.split("\n\n")[0])
-    parser.add_argument("notebooks", nargs="+", help="notebooks to execute in place")
+    parser.add_argument("notebooks", nargs="*", help="notebooks to execute in place")
+    parser.add_argument("--gpu-chapters", action="store_true",
+                        help="execute the GPU chapters (GPU_CHAPTERS) in full mode, one after another")
+    parser.add_argument("--copy-to", default=None,
+                        help="copy each notebook here as soon as it is executed (for a remote GPU run)")
     parser.add_argument("--mode", choices=MODES, default=None, help="default: $RESNORM_MODE, else full on a GPU, cpu otherwise")
     parser.add_argument("--timeout", type=int, default=DEFAULT_CELL_TIMEOUT_S, help="seconds allowed per cell")
     args = parser.parse_args(argv)
-    mode = args.mode or default_mode()
+    if args.gpu_chapters:
+        if args.notebooks or (args.mode not in (None, "full")):
+            parser.error("--gpu-chapters runs the GPU chapters in full mode; give no notebooks and no other mode")
+        notebooks, mode = list(GPU_CHAPTERS), "full"
+    else:
+        if not args.notebooks:
+            parser.error("name the notebooks to execute, or use --gpu-chapters")
+        notebooks, mode = args.notebooks, args.mode or default_mode()
     failed = 0
-    for nb_path in args.notebooks:
+    total = time.perf_counter()
+    for nb_path in notebooks:
         print(f"executing {nb_path} in {mode} mode ...", flush=True)
         try:
             stamp = execute_notebook(nb_path, mode, timeout=args.timeout)
@@ -136,6 +158,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED {nb_path}: {type(exc).__name__}: {str(exc)[-3000:]}", file=sys.stderr, flush=True)
             continue
         print(f"  {stamps.stamp_line(stamp)}", flush=True)
+        budget = GPU_CHAPTERS.get(Path(nb_path).as_posix()) if mode == "full" else None
+        if budget is not None:
+            from . import goals
+
+            goals.check(f"wall_time_{Path(nb_path).stem}", stamp["wall_s"], "<=", budget, fmt="s")
+        if args.copy_to:
+            import shutil
+
+            Path(args.copy_to).mkdir(parents=True, exist_ok=True)
+            shutil.copy(nb_path, Path(args.copy_to) / Path(nb_path).name)
+    print(f"{len(notebooks) - failed} of {len(notebooks)} notebooks executed in "
+          f"{stamps.format_duration(time.perf_counter() - total)}", flush=True)
     return 1 if failed else 0
 
 

@@ -150,7 +150,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # faster (54.6 -> 27.9 ms), and torch.compile on them 1.8x faster again (15.8 ms, 18.6 s to compile).
     "full": dict(d_model=256, n_heads=8, n_encoder_layers=3, n_decoder_layers=3, d_ff=1024,
                  batch_size=1024, steps=100_000, time_budget_s=150.0, lr=1e-3, warmup_steps=300,
-                 eval_interval=500, eval_examples=2000, compile=True, data_workers=10, pad_multiple=32,
+                 eval_interval=1000, eval_examples=1000, compile=True, data_workers=10, pad_multiple=32,
                  fast=True),
 }
 
