@@ -65,9 +65,21 @@
     if (overflows) markScrolledToEnd(el);
   }
 
+  // An inline equation cannot wrap: one wider than its paragraph (on a phone) would stick out of
+  // the column, so it becomes a box of its own that scrolls (resnorm.css), and gets the cue below.
+  function boxWideInlineMath(article) {
+    article.querySelectorAll('mjx-container:not([display="true"])').forEach(function (math) {
+      var block = math.parentElement && math.parentElement.closest("p, li, dd, dt, td, th, div, section");
+      if (block && math.getBoundingClientRect().width > block.clientWidth) {
+        math.classList.add("resnorm-wide-inline-math");
+      }
+    });
+  }
+
   function updateAll() {
     var article = document.querySelector("article.bd-article") || document.querySelector("main");
     if (!article) return;
+    boxWideInlineMath(article);
     article.querySelectorAll("*").forEach(function (el) {
       // MathJax's inner mjx-* nodes never scroll (only the mjx-container around an equation does).
       if (el.tagName.indexOf("MJX-") === 0 && el.tagName !== "MJX-CONTAINER") return;
