@@ -44,8 +44,9 @@
   }
 
   function update(el) {
-    // A hidden element (a collapsed cell) has clientWidth 0: leave it until it is shown.
-    if (!el.getClientRects().length || el.clientWidth === 0) return;
+    // A hidden element (a collapsed cell, a closed <details>) is left until it is shown.
+    var shown = el.checkVisibility ? el.checkVisibility({visibilityProperty: true}) : el.getClientRects().length > 0;
+    if (!shown || el.clientWidth === 0) return;
     var overflows = el.scrollWidth > el.clientWidth + 1;
     el.classList.toggle(OVERFLOW_CLASS, overflows);
     var hint = hintOf(el);

@@ -22,7 +22,8 @@ in headless Chromium (Debian's ``chromium`` driven by Selenium through Debian's
 Every page is also opened at a phone's width (390 px), where the same overflow check runs. It
 checks that search finds "LayerNorm" and saves screenshots of every page under
 ``_build/screenshots/``: ``NAME.png`` (the first screen at 1280 px), ``NAME-full.png`` (the whole
-page), and ``NAME-390.png``, ``NAME-390-full.png`` (the same at 390 px).
+page; a long page continues in ``NAME-full-2.png``, ...), and ``NAME-390.png``,
+``NAME-390-full.png`` (the same at 390 px).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ HTML = ROOT / "_build" / "html"
 SHOTS = ROOT / "_build" / "screenshots"
 WIDTH, HEIGHT = 1280, 900
 PHONE_WIDTH = 390  # a common phone's CSS width
-FULL_PAGE_MAX_HEIGHT = 12000  # px; longer pages are cut in the "-full" screenshot (not in the checks)
+FULL_PAGE_MAX_HEIGHT = 12000  # px; a longer page is saved in several "-full" tiles
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 # Flags that make Chromium quiet on a closed network: without the background-networking
@@ -244,6 +245,7 @@ def _load_all_images(driver) -> list[dict]:
         return Array.from(document.images).map(i => ({
           src: i.currentSrc || i.src, alt: i.getAttribute('alt'), width: i.naturalWidth,
           complete: i.complete, in_output: !!i.closest('.cell_output, .output'),
+          in_article: !!i.closest('article'),
           captioned: !!(i.closest('figure') && i.closest('figure').querySelector('figcaption'))}));
         """
     )
@@ -287,18 +289,24 @@ def _broken_internal_links(hrefs: list[str], base: str) -> list[str]:
 
 
 def _screenshot(driver, name: str, width: int = WIDTH) -> None:
-    """``NAME.png``: what a reader sees first; ``NAME-full.png``: the whole page (up to a height)."""
+    """``NAME.png``: what a reader sees first; ``NAME-full.png``, then ``NAME-full-2.png``, ...:
+    the whole page, in tiles of at most FULL_PAGE_MAX_HEIGHT px."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(str(SHOTS / f"{name}.png"))
-    height = min(driver.execute_script("return document.documentElement.scrollHeight"), FULL_PAGE_MAX_HEIGHT)
-    # A viewport as tall as the page lays it out as a reader scrolling through would see it
+    total = driver.execute_script("return document.documentElement.scrollHeight")
+    tile = min(total, FULL_PAGE_MAX_HEIGHT)
+    # A viewport as tall as the tile lays the page out as a reader scrolling through would see it
     # (capturing "beyond the viewport" instead shifts the theme's fixed sidebars).
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", _metrics(height, width))
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", _metrics(tile, width))
     try:
-        time.sleep(0.3)
-        driver.save_screenshot(str(SHOTS / f"{name}-full.png"))
+        for k, top in enumerate(range(0, total, tile)):
+            driver.execute_script(f"window.scrollTo(0, {top})")
+            time.sleep(0.3)
+            suffix = "" if k == 0 else f"-{k + 1}"
+            driver.save_screenshot(str(SHOTS / f"{name}-full{suffix}.png"))
     finally:
+        driver.execute_script("window.scrollTo(0, 0)")
         driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", _metrics(HEIGHT, width))
 
 
@@ -335,7 +343,7 @@ const found = [];
 for (let n = walker.nextNode(); n; n = walker.nextNode()) {
   const el = n.parentElement;
   if (el.closest('.cell_input, script, style, mjx-container') || (el.closest('code') && !el.closest('.cell_output'))) continue;
-  if (!el.getClientRects().length) continue;  // hidden
+  if (!el.checkVisibility({visibilityProperty: true})) continue;  // not rendered
   if (/\\|\\s*:?-{3,}:?\\s*\\|/.test(n.textContent)) found.push(n.textContent.trim().slice(0, 80));
 }
 return found;
@@ -358,9 +366,10 @@ for (const el of article.querySelectorAll('*')) {
   // inside an equation (and its hidden MathML copy for screen readers) only the container counts;
   // lines inside a code box scroll with it
   if (el.parentElement && el.parentElement.closest('mjx-container, pre')) continue;
-  if (!el.getClientRects().length) continue;  // not displayed (a collapsed cell)
+  // not rendered: display none, visibility hidden, or inside a collapsed cell (closed <details>)
+  if (!el.checkVisibility({visibilityProperty: true})) continue;
   const style = getComputedStyle(el);
-  if (style.visibility === 'hidden' || style.position === 'fixed') continue;
+  if (style.position === 'fixed') continue;
   const box = el.getBoundingClientRect();
   if (box.width === 0 || box.height === 0) continue;
   const overflows = el.scrollWidth > el.clientWidth + 2;
@@ -391,14 +400,16 @@ return problems.slice(0, 25);
 
 FIGURES_JS = """
 const article = document.querySelector('article.bd-article') || document.querySelector('main');
-return Array.from(article.querySelectorAll('img')).filter(i => i.getClientRects().length).map(i => ({
+return Array.from(article.querySelectorAll('img')).filter(i => i.checkVisibility()).map(i => ({
   src: i.currentSrc || i.src, displayed: i.getBoundingClientRect().width, natural: i.naturalWidth,
   figure: (i.closest('figure') && i.closest('figure').querySelector('figcaption')
            ? i.closest('figure').querySelector('figcaption').textContent.trim().slice(0, 60) : i.getAttribute('alt') || '').trim()}));
 """
 
 CHAPTER_JS = """
-const visible = (el) => !!el && el.getClientRects().length > 0 && el.offsetHeight > 0;
+// checkVisibility: the content of a closed <details> (a hide-cell cell) still has boxes in
+// Chromium, but it is not rendered (content-visibility: hidden)
+const visible = (el) => !!el && el.checkVisibility({visibilityProperty: true}) && el.offsetHeight > 0;
 const article = document.querySelector('article.bd-article');
 const goals = article.querySelector('.admonition.chapter-goals');
 const firstSection = article.querySelector('section section');
@@ -448,7 +459,7 @@ def _svg_smallest_text_scale(path: Path) -> tuple[float, float] | None:
     for el in root.iter():
         size = el.get("font-size") or ""
         style = el.get("style") or ""
-        match = re.search(r"font-size:\s*([\d.]+)", style) or re.search(r"font:\s*(?:[a-z]+\s+)*([\d.]+)px", style)
+        match = re.search(r"font-size:\s*([\d.]+)", style) or re.search(r"font:[^;]*?([\d.]+)px", style)
         if match:
             size = match.group(1)
         if size:
@@ -489,6 +500,26 @@ def _small_figures(driver, site_url: str) -> list[str]:
                 f"({path.name}, shown {img['displayed']:.0f} px wide)"
             )
     return problems
+
+
+def _overflow_with_cells_expanded(driver) -> list[str]:
+    """The overflow check once more, with every collapsed cell (hide-input, hide-cell) opened as a
+    reader would: the scroll cue must follow (resnorm.js listens for the toggle)."""
+    opened = driver.execute_script(
+        "const closed = Array.from(document.querySelectorAll('article details:not([open])'));"
+        "closed.forEach(d => { d.open = true; d.setAttribute('data-site-test-opened', ''); });"
+        "return closed.length;"
+    )
+    if not opened:
+        return []
+    time.sleep(0.5)  # the toggle events fire asynchronously; resnorm.js updates 100 ms later
+    try:
+        return driver.execute_script(OVERFLOW_JS)
+    finally:
+        driver.execute_script(
+            "document.querySelectorAll('[data-site-test-opened]').forEach(d => {"
+            " d.open = false; d.removeAttribute('data-site-test-opened'); });"
+        )
 
 
 def _chapter_problems(driver) -> list[str]:
@@ -551,6 +582,8 @@ def test_page(browser, site_url, page, source):
             problems.append(f"output image without alt text: {img['src'][-60:]} (set mystnb.image.alt in the cell metadata)")
         if img["in_output"] and not img["captioned"]:
             problems.append(f"output image without a caption: {img['src'][-60:]} (set mystnb.figure.caption in the cell metadata)")
+        if img["in_article"] and not img["in_output"] and not (img["alt"] or "").strip():
+            problems.append(f"image without alt text: {img['src'][-60:]} (a figure directive's :alt: option)")
 
     hrefs = driver.execute_script("return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
     problems += [f"broken internal link: {b}" for b in _broken_internal_links(hrefs, site_url)]
@@ -560,6 +593,7 @@ def test_page(browser, site_url, page, source):
 
     problems += [f"Markdown table shown as raw text: {t!r}" for t in driver.execute_script(RAW_PIPE_TABLES_JS)]
     problems += driver.execute_script(OVERFLOW_JS)
+    problems += [f"in an expanded cell: {p}" for p in _overflow_with_cells_expanded(driver)]
     problems += _small_figures(driver, site_url)
     if page in CHAPTER_PAGES:
         problems += _chapter_problems(driver)
