@@ -117,6 +117,4 @@
   } else {
     start();
   }
-  // For the site test: update now and report when done.
-  window.resnormUpdateScrollCues = updateAll;
 })();

@@ -128,11 +128,13 @@ def test_legend_outside_keeps_the_legend_off_the_data():
     fig, ax = plotting.panels(1)
     for k in range(4):
         ax.plot(range(10), [k * x for x in range(10)], label=f"slope {k}")
-    legend = plotting.legend_outside(ax)
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    legend_box, axes_box = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
-    assert not legend_box.overlaps(axes_box), (legend_box, axes_box)
+    for where in ("below", "right"):
+        legend = plotting.legend_outside(ax, where)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        legend_box, axes_box = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert not legend_box.overlaps(axes_box), (where, legend_box, axes_box)
+        legend.remove()
     with pytest.raises(ValueError, match="no labelled artists"):
         plotting.legend_outside(plt.subplots()[1])
     plt.close("all")

@@ -119,11 +119,13 @@ def panels(nrows: int = 1, ncols: int = 1, panel_height: float = 2.6, **kwargs):
 
 
 def legend_outside(ax_or_fig, where: str = "below", ncol: int | None = None):
-    """One legend off the data: under the axes (``where="below"``, entries side by side) or right of them.
+    """A legend off the data: under the axes (``where="below"``, entries side by side) or right of them.
 
-    Pass an Axes for its labelled artists, or a Figure for those of all its axes (each label once).
-    The legend is a figure legend placed outside the axes by the constrained layout, which is
-    switched on if the figure has no layout engine yet (do not call ``tight_layout`` after it).
+    Given a Figure, one legend for the labelled artists of all its axes (each label once), placed
+    outside the axes by the constrained layout; given an Axes, ``"right"`` puts that axes' legend
+    just right of it (each panel of a stack keeps its own), ``"below"`` a figure legend of its
+    artists under the figure. The constrained layout is switched on if the figure has no layout
+    engine yet (then do not call ``tight_layout``).
     """
     from matplotlib.figure import Figure
 
@@ -141,6 +143,9 @@ def legend_outside(ax_or_fig, where: str = "below", ncol: int | None = None):
         raise ValueError("no labelled artists: pass label=... to the plot calls first")
     if fig.get_layout_engine() is None:
         fig.set_layout_engine("constrained")
+    if where == "right" and not isinstance(ax_or_fig, Figure):
+        return ax_or_fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                                ncol=ncol or 1)
     if where == "below":
         return fig.legend(handles, labels, loc="outside lower center", ncol=ncol or min(len(labels), 3))
     return fig.legend(handles, labels, loc="outside right upper", ncol=ncol or 1)
