@@ -138,6 +138,12 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def site_url():
     if not (HTML / "index.html").exists():
         pytest.fail(f"{HTML}/index.html is missing: build the site first (`make book`, or `make test-site`)")
+    # Sphinx copies _static/ only when some page is rebuilt: after a change to resnorm.css or
+    # resnorm.js alone, `make book` leaves the old copies in place and this test would check them.
+    stale = [p.name for p in sorted((ROOT / "_static").glob("resnorm.*"))
+             if not (HTML / "_static" / p.name).is_file() or (HTML / "_static" / p.name).read_bytes() != p.read_bytes()]
+    if stale:
+        pytest.fail(f"the built site has old copies of _static/{stale}: rebuild it (`make clean test-site`)")
     shutil.rmtree(SHOTS, ignore_errors=True)  # no screenshot of a page that is no longer in the toc
     handler = functools.partial(_QuietHandler, directory=str(HTML))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
