@@ -283,3 +283,248 @@ def test_a_figure_cell_displays_only_its_figure(path):
         f"{path}: a cell with mystnb.figure metadata should display only its figure (prints are fine); "
         f"move the other displays to their own cell: " + "; ".join(problems)
     )
+
+
+# --------------------------------------------------------------------------- what a reader sees (issue 16)
+# CONTRIBUTING.md items 10 to 13. The browser test (tests/site/test_site.py) checks the built pages;
+# these check the notebooks themselves, so that `make test` names the notebook and the cell.
+
+# A line of code or of printed output that fits the page's column at 1280 px (13 px monospace in a
+# 720 px column, _static/resnorm.css); longer lines scroll sideways.
+MAX_LINE = 88
+# Drawn wider than this, a figure is shown scaled down (704 CSS px of the column = 7.33 in).
+PAGE_FIGURE_WIDTH_IN = 704 / 96
+CHAPTER_PARTS = ("Foundations", "The Transformer")
+HIDDEN_INPUT_TAGS = {"hide-input", "hide-cell", "remove-input", "remove-cell"}
+# Rich outputs that the page shows instead of their text/plain twin.
+SHOWN_INSTEAD_OF_TEXT = ("text/html", "text/markdown", "text/latex", "application/vnd.jupyter.widget-view+json") + IMAGE_MIMES
+FONT_SIZE_RE = re.compile(
+    r"""(?:\b(?:fontsize|labelsize|titlesize|title_fontsize)\s*=\s*|["'](?:size|fontsize)["']\s*:\s*)"""
+    r"""(?P<value>\d+(?:\.\d+)?|["'][\w-]+["'])"""
+)
+FIGSIZE_RE = re.compile(r"\bfigsize\s*=\s*\(\s*(?P<width>\d+(?:\.\d+)?)\s*,")
+PIPE_TABLE_RE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)+\|?\s*$", re.MULTILINE)
+# Math written as plain text in a caption: 10^3, sqrt(d_k), d_k outside $...$ and `...`.
+PLAIN_TEXT_MATH_RE = re.compile(r"\w\^[\w{(-]|\bsqrt\s*\(|√|\b[A-Za-z]_[A-Za-z0-9]{1,5}\b")
+
+
+def _chapters() -> list[Path]:
+    """The notebooks listed under the parts "Foundations" and "The Transformer" of _toc.yml."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    chapters = []
+    for part in toc.get("parts", []):
+        if part.get("caption") in CHAPTER_PARTS:
+            for entry in part.get("chapters", []):
+                path = ROOT / f"{entry['file']}.ipynb"
+                if path.exists():
+                    chapters.append(path)
+    return chapters
+
+
+CHAPTERS = _chapters()
+CHAPTER_IDS = [p.stem for p in CHAPTERS]
+
+
+def _tags(cell: dict) -> set[str]:
+    return set(cell.get("metadata", {}).get("tags", []))
+
+
+def _content_cells(nb: dict) -> list[tuple[int, dict]]:
+    """The cells after the title and the executor's stamp line."""
+    cells = list(enumerate(nb["cells"]))
+    if cells and cells[0][1]["cell_type"] == "markdown" and _source(cells[0][1]).lstrip().startswith("# "):
+        cells = cells[1:]
+    return [(i, c) for i, c in cells if stamps.STAMP_TAG not in _tags(c)]
+
+
+def _text(output: dict, mime: str = "text/plain") -> str:
+    if output.get("output_type") == "stream":
+        value = output.get("text", "")
+    else:
+        value = output.get("data", {}).get(mime, "")
+    return value if isinstance(value, str) else "".join(value)
+
+
+def _exercises(nb: dict) -> list[tuple[int, dict]] | None:
+    """The cells of the last `## ` section if it is `## Exercises`, else None."""
+    start = None
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "markdown":
+            continue
+        for line in _source(cell).splitlines():
+            if line.startswith("## "):
+                start = i if line.strip() == "## Exercises" else None
+    return None if start is None else list(enumerate(nb["cells"]))[start:]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=CHAPTER_IDS)
+def test_chapter_opens_with_what_it_teaches_and_assumes(path):
+    cells = _content_cells(_nb(path))
+    assert cells, f"{path} has nothing after its title"
+    index, first = cells[0]
+    text = _source(first) if first["cell_type"] == "markdown" else ""
+    where = f"{path} (cell {index}, right under the title and the stamp)"
+    assert text.lstrip().startswith(":::{admonition} In this chapter"), (
+        f"{where} should open with the goals admonition (CONTRIBUTING.md item 10): "
+        "':::{admonition} In this chapter' / ':class: chapter-goals' / **You will learn** ... / **You should know** ... / ':::'"
+    )
+    for needed in (":class: chapter-goals", "**You will learn**", "**You should know**"):
+        assert needed in text, f"{where}: the goals admonition lacks {needed!r}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=CHAPTER_IDS)
+def test_chapter_ends_with_exercises(path):
+    nb = _nb(path)
+    section = _exercises(nb)
+    assert section is not None, f"{path}: the last section should be '## Exercises' (CONTRIBUTING.md item 10)"
+    markdown = "\n".join(_source(c) for _, c in section if c["cell_type"] == "markdown")
+    code = [(i, c) for i, c in section if c["cell_type"] == "code"]
+    assert re.search(r"^\s*1\.\s", markdown, flags=re.MULTILINE), f"{path}: number the exercises (1., 2., ...)"
+    assert ":::{dropdown} Hint" in markdown, f"{path}: give at least one hint in a ':::{{dropdown}} Hint' block"
+    assert code, f"{path}: at least one exercise should be runnable (a code cell in the Exercises section)"
+    assert any("solution" in _tags(c) for _, c in code), f"{path}: at least one solution cell (tags solution, hide-cell)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_solution_cells_are_hidden(path):
+    shown = [i for i, c in enumerate(_nb(path)["cells"]) if "solution" in _tags(c) and "hide-cell" not in _tags(c)]
+    assert not shown, f"{path}: solution cells {shown} should also be tagged hide-cell (hidden until the reader asks)"
+
+
+def _only_imports(code: str) -> bool:
+    try:
+        body = ast.parse(code).body
+    except SyntaxError:
+        return False
+    return bool(body) and all(isinstance(node, (ast.Import, ast.ImportFrom)) for node in body)
+
+
+def _only_formats_a_table(cell: dict) -> bool:
+    """A cell that shows a Markdown table and nothing else, and asserts nothing."""
+    shown = [o for o in cell.get("outputs", []) if o.get("output_type") in ("display_data", "execute_result", "stream")]
+    tables = [o for o in shown if PIPE_TABLE_RE.search(_text(o, "text/markdown"))]
+    return bool(tables) and len(tables) == len(shown) and not re.search(r"^\s*assert\b", _source(cell), re.MULTILINE)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_boilerplate_input_is_hidden(path):
+    problems = []
+    for n, (index, cell) in enumerate(_code_cells(_nb(path))):
+        code = _python_source(_source(cell)) or ""
+        why = ("the setup cell" if n == 0 else "an imports-only cell" if _only_imports(code)
+               else "a cell that only formats a table" if _only_formats_a_table(cell) else None)
+        if why and not _tags(cell) & HIDDEN_INPUT_TAGS:
+            problems.append(f"cell {index} ({why})")
+    assert not problems, f"{path}: tag these cells hide-input (CONTRIBUTING.md item 11): {problems}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_code_lines_fit_the_column(path):
+    long = []
+    for n, (index, cell) in enumerate(_code_cells(_nb(path))):
+        if n == 0:
+            continue  # the setup cell: its text is fixed by CONTRIBUTING.md item 2, and it is hidden
+        long += [f"cell {index} line {k}: {len(line)} characters" for k, line in enumerate(_source(cell).splitlines(), 1)
+                 if len(line) > MAX_LINE]
+    assert not long, f"{path}: code lines longer than {MAX_LINE} characters scroll sideways on the page: {long}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_printed_output_fits_the_column(path):
+    long = []
+    for index, cell in _code_cells(_nb(path)):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                continue  # the stale check (tests/test_stamps.py) refuses errors
+            if output.get("output_type") != "stream" and any(m in output.get("data", {}) for m in SHOWN_INSTEAD_OF_TEXT):
+                continue
+            long += [f"cell {index}: {len(line)} characters: {line[:50]!r}..." for line in _text(output).splitlines()
+                     if len(line) > MAX_LINE]
+    assert not long, (
+        f"{path}: printed lines longer than {MAX_LINE} characters scroll sideways on the page "
+        f"(print fewer or narrower columns, or display a Markdown table): {long[:8]}"
+    )
+
+
+def _font_points(value: str) -> float:
+    from matplotlib import font_manager
+
+    from resnorm import plotting
+
+    value = value.strip("'\"")
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    return font_manager.font_scalings.get(value, 1.0) * float(plotting.STYLE["font.size"])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_figures_are_drawn_at_the_column_width_with_readable_text(path):
+    """The code asks for no text below 9 pt and no figure wider than the column; the committed
+    PNGs are at least 150 dpi and at most as wide as the page shows them (else they are shrunk)."""
+    import base64
+    import struct
+
+    from resnorm import plotting
+
+    problems = []
+    for index, cell in _code_cells(_nb(path)):
+        code = _source(cell)
+        for match in FONT_SIZE_RE.finditer(code):
+            if _font_points(match.group("value")) < plotting.MIN_FONT_PT:
+                problems.append(f"cell {index}: {match.group(0)!r} is below {plotting.MIN_FONT_PT:g} pt")
+        for match in FIGSIZE_RE.finditer(code):
+            if float(match.group("width")) > plotting.COLUMN_WIDTH_IN:
+                problems.append(f"cell {index}: {match.group(0)!r}... is wider than the column "
+                                f"({plotting.COLUMN_WIDTH_IN:g} in): use plotting.figsize(height) or plotting.panels(...)")
+        for output in cell.get("outputs", []):
+            png = output.get("data", {}).get("image/png")
+            if not png:
+                continue
+            data = base64.b64decode(png if isinstance(png, str) else "".join(png))
+            width = struct.unpack(">I", data[16:20])[0]
+            dpi = _png_dpi(data)
+            if dpi is None or dpi < 149.5:
+                problems.append(f"cell {index}: PNG at {dpi or 0:.0f} dpi (the style saves at 150: call plotting.use_style())")
+            elif width / dpi > PAGE_FIGURE_WIDTH_IN:
+                problems.append(f"cell {index}: PNG drawn {width / dpi:.2f} in wide, shown at most {PAGE_FIGURE_WIDTH_IN:.2f} in "
+                                f"(text shrinks to {plotting.MIN_FONT_PT * PAGE_FIGURE_WIDTH_IN / (width / dpi):.1f} pt)")
+    assert not problems, f"{path}: figures that the page would show too small (CONTRIBUTING.md item 13): {problems}"
+
+
+def _png_dpi(data: bytes) -> float | None:
+    import struct
+
+    offset = 8
+    while offset + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[offset:offset + 4])
+        kind = data[offset + 4:offset + 8]
+        if kind == b"pHYs":
+            per_metre, _, unit = struct.unpack(">IIB", data[offset + 8:offset + 17])
+            return per_metre * 0.0254 if unit == 1 else None
+        if kind == b"IDAT":
+            return None
+        offset += 12 + length
+    return None
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_caption_math_is_written_in_mathjax(path):
+    problems = []
+    for index, cell in _code_cells(_nb(path)):
+        caption = str(((cell.get("metadata", {}).get("mystnb", {}) or {}).get("figure") or {}).get("caption", ""))
+        prose = re.sub(r"\$[^$]*\$|`[^`]*`", " ", caption)  # math and code are fine
+        found = PLAIN_TEXT_MATH_RE.findall(prose)
+        if found:
+            problems.append(f"cell {index}: {found}")
+    assert not problems, f"{path}: captions with math as plain text; write it as $...$ (e.g. $10^3$, $\\sqrt{{d_k}}$): {problems}"
+
+
+def test_the_reader_checks_can_fail():
+    """The patterns above catch what they are meant to catch (and leave the rest alone)."""
+    assert _only_imports("import math\nfrom torch import nn") and not _only_imports("import math\nx = 1")
+    assert PIPE_TABLE_RE.search("| a | b |\n|---|---|\n| 1 | 2 |") and not PIPE_TABLE_RE.search("a | b")
+    assert [m.group("value") for m in FONT_SIZE_RE.finditer('ax.text(0, 0, "a", fontsize=7); prop={"size": 8}')] == ["7", "8"]
+    assert _font_points("'x-small'") < 9 <= _font_points("9")
+    assert FIGSIZE_RE.search("plt.subplots(1, 2, figsize=(9.6, 3.6))").group("width") == "9.6"
+    assert PLAIN_TEXT_MATH_RE.search("grows like 10^3 and sqrt(d_k)")
+    assert not PLAIN_TEXT_MATH_RE.search(re.sub(r"\$[^$]*\$|`[^`]*`", " ", "like $10^3$ and `d_model`, $\\sqrt{d_k}$"))

@@ -11,9 +11,12 @@ import matplotlib as mpl
 # yellow (#F0E442) is left out: on a white page a thin yellow line is barely visible.
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
 
-# The page's text column is about 688 CSS px = 7.2 in wide at 1280 px. A figure drawn at most
-# this wide is shown at (nearly) its drawn size, so a font of 9 pt in the figure reads as 9 pt
-# on the page; a wider figure is scaled down and its text shrinks with it.
+# The page's text column is 720 CSS px = 7.5 in wide at 1280 px (_static/resnorm.css), and a
+# figure in a cell's output gets about 704 px of it. A figure drawn at most 7 in wide is shown at
+# its drawn size or larger, so a font of 9 pt in the figure reads as 9 pt or more on the page; a
+# wider figure is scaled down and its text shrinks with it. The site test
+# (tests/site/test_site.py) measures this on every page: displayed width / drawn width x the
+# smallest font >= 9 pt.
 COLUMN_WIDTH_IN = 7.0
 MIN_FONT_PT = 9.0
 
@@ -26,9 +29,13 @@ STYLE = {
     "grid.alpha": 0.3,
     "axes.spines.top": False,
     "axes.spines.right": False,
+    # Every text size is given in points, none below MIN_FONT_PT (test_plotting checks this).
+    "font.size": 10,
+    "figure.titlesize": 11,
     "axes.titlesize": 11,
     "axes.labelsize": 10,
     "legend.fontsize": 9,
+    "legend.title_fontsize": 9,
     "legend.frameon": False,
     "xtick.labelsize": 9,
     "ytick.labelsize": 9,
@@ -80,6 +87,70 @@ def figsize(height: float = 3.6, width: float = COLUMN_WIDTH_IN) -> tuple[float,
     return (width, height)
 
 
+def font_sizes_pt() -> dict[str, float]:
+    """The text sizes the style sets, in points (``legend.fontsize`` and friends)."""
+    from matplotlib import font_manager
+
+    base = float(STYLE["font.size"])
+    sizes = {}
+    for key, value in STYLE.items():
+        if key.endswith(("size", "fontsize")) and key != "figure.figsize":
+            sizes[key] = float(value) if not isinstance(value, str) else font_manager.font_scalings[value] * base
+    return sizes
+
+
+def smallest_font_pt() -> float:
+    """The smallest text the style draws: its smallest size, or the provenance line's."""
+    return min(MIN_FONT_PT, *font_sizes_pt().values())
+
+
+def panels(nrows: int = 1, ncols: int = 1, panel_height: float = 2.6, **kwargs):
+    """``plt.subplots`` at the column's width: ``nrows`` panels stacked, each ``panel_height`` in tall.
+
+    Side-by-side panels (``ncols`` > 1) share the 7 in; for more than two, stack them instead,
+    since each panel's tick labels keep their 9 pt whatever the panel's width.
+    """
+    import matplotlib.pyplot as plt
+
+    if nrows < 1 or ncols < 1:
+        raise ValueError(f"panels needs at least one row and one column, got nrows={nrows}, ncols={ncols}")
+    kwargs.setdefault("layout", "constrained")
+    return plt.subplots(nrows, ncols, figsize=figsize(panel_height * nrows), **kwargs)
+
+
+def legend_outside(ax_or_fig, where: str = "below", ncol: int | None = None):
+    """A legend off the data: under the axes (``where="below"``, entries side by side) or right of them.
+
+    Given a Figure, one legend for the labelled artists of all its axes (each label once), placed
+    outside the axes by the constrained layout; given an Axes, ``"right"`` puts that axes' legend
+    just right of it (each panel of a stack keeps its own), ``"below"`` a figure legend of its
+    artists under the figure. The constrained layout is switched on if the figure has no layout
+    engine yet (then do not call ``tight_layout``).
+    """
+    from matplotlib.figure import Figure
+
+    if where not in ("below", "right"):
+        raise ValueError(f"where must be 'below' or 'right', got {where!r}")
+    fig = ax_or_fig if isinstance(ax_or_fig, Figure) else ax_or_fig.figure
+    axes = fig.axes if isinstance(ax_or_fig, Figure) else [ax_or_fig]
+    handles, labels = [], []
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if not handles:
+        raise ValueError("no labelled artists: pass label=... to the plot calls first")
+    if fig.get_layout_engine() is None:
+        fig.set_layout_engine("constrained")
+    if where == "right" and not isinstance(ax_or_fig, Figure):
+        return ax_or_fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                                ncol=ncol or 1)
+    if where == "below":
+        return fig.legend(handles, labels, loc="outside lower center", ncol=ncol or min(len(labels), 3))
+    return fig.legend(handles, labels, loc="outside right upper", ncol=ncol or 1)
+
+
 def provenance() -> str:
     """Where a figure's data came from: mode and hardware, for captions and figure footers."""
     from . import runtime
@@ -92,11 +163,13 @@ def stamp_figure(fig, text: str | None = None) -> None:
     label = provenance() if text is None else f"{text} | {provenance()}"
     # Hang the line just below the figure's bottom edge: the notebooks save figures with a tight
     # bounding box, which grows to include it, so it never sits on top of the x-axis labels.
-    fig.text(0.995, 0.0, label, ha="right", va="top", fontsize=MIN_FONT_PT, color="0.35")
+    # wrap=True breaks a long line at the figure's width instead of widening the saved figure
+    # (a wider figure is shown scaled down, and its text with it).
+    fig.text(0.995, 0.0, label, ha="right", va="top", fontsize=MIN_FONT_PT, color="0.35", wrap=True)
 
 
 def color(name: str) -> str:
-    """Fixed colours for the comparisons that recur through the book."""
+    """Fixed colours for the comparisons that recur through the book ("reference" is black)."""
     roles = {
         "plain": PALETTE[1],
         "residual": PALETTE[0],
