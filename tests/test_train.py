@@ -347,3 +347,16 @@ def test_smoke_switch_shrinks_the_full_preset_and_keeps_its_code_paths(monkeypat
     monkeypatch.setenv("RESNORM_SMOKE", "maybe")
     with pytest.raises(ValueError, match="RESNORM_SMOKE"):
         runtime.smoke()
+
+
+def test_a_compiler_failure_falls_back_to_eager_and_is_reported(data, monkeypatch):
+    def broken_compile(model, **kwargs):
+        def fail(*args, **kw):
+            raise RuntimeError("no C compiler")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    cfg = make_config("quick", **TINY, steps=12, compile=True, log_interval=6, eval_interval=12)
+    result = train.train(cfg, data=data)
+    assert result.compile_report["decision"].startswith("eager (compile failed: RuntimeError: no C compiler")
+    assert result.log[-1]["step"] == 12 and not result.diverged

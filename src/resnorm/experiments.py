@@ -227,6 +227,7 @@ class RunResult:
     ms_per_step: float = float("nan")
     model: nn.Module | None = None  # the trained model, kept only if train_run(keep_model=True)
     state: dict | None = None  # its state dict on the CPU (how a worker process returns it)
+    error: str | None = None  # set when the run failed in a worker process (see run_jobs)
 
     def row(self) -> dict[str, Any]:
         s = self.spec
@@ -376,10 +377,20 @@ class Job:
 
 
 def _run_job(args: tuple) -> RunResult:
-    """One run in a worker process: returns the result with the model as a CPU state dict."""
+    """One run in a worker process: returns the result with the model as a CPU state dict.
+
+    An exception becomes a result with ``error`` set, so that one failed run does not take the
+    other runs of the pool down with it; :func:`run_jobs` prints it.
+    """
     job, data, threads = args
     torch.set_num_threads(threads)
-    result = train_run(job.spec, job.budget, data, job.seed, None, job.probe_steps, job.update_steps, job.keep_model)
+    try:
+        result = train_run(job.spec, job.budget, data, job.seed, None, job.probe_steps, job.update_steps,
+                           job.keep_model)
+    except Exception as err:  # noqa: BLE001 - reported, not hidden
+        nan = float("nan")
+        return RunResult(job.spec, job.seed, 0, nan, nan, nan, nan, None, True, 0.0, runtime.device_name(),
+                         error=f"{type(err).__name__}: {err}"[:500])
     if result.model is not None:
         result.state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
         result.model = None
@@ -400,7 +411,9 @@ def run_jobs(jobs: Sequence[Job], data: Data, workers: int = 1, device=None, pro
         raise ValueError(f"workers must be >= 1, got {workers}")
 
     def report(r: RunResult) -> None:
-        if progress:
+        if r.error:
+            print(f"{r.spec.label:<40} seed {r.seed}: FAILED: {r.error}", flush=True)
+        elif progress:
             em = "-" if r.exact_match is None else f"{r.exact_match:.3f}"
             print(f"{r.spec.label:<40} seed {r.seed}: {r.steps_done:>5} steps, loss {r.final_loss:.3f}, "
                   f"EM {em}{'  DIVERGED' if r.diverged else ''}, {r.wall_s:.0f} s", flush=True)

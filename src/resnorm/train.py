@@ -588,6 +588,8 @@ class _CompileProbe:
 
     def after_step(self, step: int, model):
         """Record the timings; returns the model to keep (eager again if compile did not win)."""
+        if self.report["decision"].startswith("eager (compile failed"):
+            return model
         if step + 1 == self.b and self.a in self.marks:
             self.eager_ms = 1000 * (self.sync_clock() - self.marks[self.a]) / (self.b - self.a)
             self.marks[self.b] = self.sync_clock()
@@ -607,8 +609,18 @@ class _CompileProbe:
                 return self.eager_model
         return model
 
+    def compiling(self, step: int) -> bool:
+        return step == self.b and self.eager_model is not None
+
+    def failed(self, err: Exception):
+        """The compiled model failed at its first step: back to eager, and say why."""
+        self.report["decision"] = f"eager (compile failed: {type(err).__name__}: {str(err)[:200]})"
+        self.report["compile_s"] = None
+        model, self.eager_model = self.eager_model, None
+        return model
+
     def finish(self, step: int) -> dict:
-        if "graphs" not in self.report and self.eager_model is not None:
+        if "graphs" not in self.report and hasattr(self, "graphs_before"):
             self.report["graphs"] = _dynamo_graphs() - self.graphs_before
         self.report["steps_run"] = step
         return self.report
@@ -726,11 +738,23 @@ def train(cfg: TrainConfig, data: TaskData | None = None, device: torch.device |
         if probe is not None:
             model = probe.before_step(step, model)
         src, tgt_in, tgt_out, src_mask, tgt_mask = (t.to(device, non_blocking=True) for t in next(batches))
-        with autocast:
-            logits = model(src, tgt_in, src_mask, tgt_mask)
-        loss = sequence_loss(logits, tgt_out, pad, cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+
+        def forward_backward(model):
+            with autocast:
+                logits = model(src, tgt_in, src_mask, tgt_mask)
+            loss = sequence_loss(logits, tgt_out, pad, cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            return logits, loss
+
+        if probe is not None and probe.compiling(step):
+            try:  # the first compiled step compiles; a compiler error must not end the run
+                logits, loss = forward_backward(model)
+            except Exception as err:  # noqa: BLE001 - any compiler failure: report it, train eagerly
+                model = probe.failed(err)
+                logits, loss = forward_backward(model)
+        else:
+            logits, loss = forward_backward(model)
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         if on_backward is not None:
             on_backward(step, raw)
