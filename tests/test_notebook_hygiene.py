@@ -418,15 +418,93 @@ def test_boilerplate_input_is_hidden(path):
     assert not problems, f"{path}: tag these cells hide-input (CONTRIBUTING.md item 11): {problems}"
 
 
+# A quotation keeps its lines. A code cell tagged `verbatim` holds an article's code (or printed
+# output) quoted as printed, in a string literal assigned to a name (A1_BLOCK = r'''...'''), which
+# the cell then runs or reads; rewrapping it would misquote the article. Its long lines are shown in
+# a box that scrolls sideways with a visible cue (_static/resnorm.js), which tests/site/test_site.py
+# checks on the built page. The exemption is narrow: it covers only the lines of those literals (the
+# cell's own code around them must fit like any other), and only in a cell whose first line is a
+# comment naming the article it quotes (A1 to A5). An untagged cell gets no exemption at all.
+VERBATIM_TAG = "verbatim"
+NAMES_AN_ARTICLE_RE = re.compile(r"^#.*\bA[1-5]\b")
+
+
+def _quotations(source: str) -> list[ast.Constant]:
+    """The string literals that the cell assigns, at its top level, to a name: NAME = r'''...'''."""
+    try:
+        body = ast.parse(_python_source(source) or "").body
+    except SyntaxError:
+        return []
+    return [node.value for node in body
+            if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets)
+            and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)]
+
+
+def _verbatim_problem(cell: dict) -> str | None:
+    """Why a cell tagged verbatim is not a quotation of an article, or None if it is one."""
+    source = _source(cell)
+    first = source.splitlines()[0] if source.strip() else ""
+    if not NAMES_AN_ARTICLE_RE.match(first):
+        return ("its first line should be a comment naming the article it quotes (A1 to A5), "
+                f"not {first[:50]!r}")
+    if not _quotations(source):
+        return "it assigns no string literal (NAME = r'''...'''): there is no quotation to keep as printed"
+    return None
+
+
+def _long_code_lines(cell: dict) -> list[str]:
+    """Lines longer than MAX_LINE, leaving out the quoted lines of a valid verbatim cell."""
+    source = _source(cell)
+    quoted: set[int] = set()
+    if VERBATIM_TAG in _tags(cell) and _verbatim_problem(cell) is None:
+        for literal in _quotations(source):
+            quoted |= set(range(literal.lineno, literal.end_lineno + 1))
+    return [f"line {k}: {len(line)} characters" for k, line in enumerate(source.splitlines(), 1)
+            if len(line) > MAX_LINE and k not in quoted]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_code_lines_fit_the_column(path):
     long = []
     for n, (index, cell) in enumerate(_code_cells(_nb(path))):
         if n == 0:
             continue  # the setup cell: its text is fixed by CONTRIBUTING.md item 2, and it is hidden
-        long += [f"cell {index} line {k}: {len(line)} characters" for k, line in enumerate(_source(cell).splitlines(), 1)
-                 if len(line) > MAX_LINE]
-    assert not long, f"{path}: code lines longer than {MAX_LINE} characters scroll sideways on the page: {long}"
+        long += [f"cell {index} {problem}" for problem in _long_code_lines(cell)]
+    assert not long, (
+        f"{path}: code lines longer than {MAX_LINE} characters scroll sideways on the page: {long} "
+        f"(an article's code quoted as printed goes in a string literal in a cell tagged {VERBATIM_TAG!r})"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_verbatim_cells_quote_an_article(path):
+    problems = [f"cell {index}: {why}" for index, cell in enumerate(_nb(path)["cells"])
+                if VERBATIM_TAG in _tags(cell) and (why := "a markdown cell" if cell["cell_type"] != "code"
+                                                    else _verbatim_problem(cell))]
+    assert not problems, f"{path}: cells tagged {VERBATIM_TAG!r} must be quotations of an article: {problems}"
+
+
+def test_only_quoted_lines_of_a_verbatim_cell_may_be_long():
+    long_line = "x = " + "1 + " * 30 + "1"
+    quoted = f"# A2 §5.2, as printed\nA2_BLOCK = r'''\n{long_line}\n'''\nprint(len(A2_BLOCK))\n"
+
+    def cell(source, *tags):
+        return {"cell_type": "code", "source": source, "metadata": {"tags": list(tags)}}
+
+    assert len(long_line) > MAX_LINE
+    assert _long_code_lines(cell(long_line)) == [f"line 1: {len(long_line)} characters"]
+    assert _long_code_lines(cell(long_line, VERBATIM_TAG)), "a verbatim tag on code that quotes nothing exempts nothing"
+    assert _long_code_lines(cell(quoted)), "without the tag, a quotation's long lines count"
+    assert _long_code_lines(cell(quoted, VERBATIM_TAG)) == []
+    assert _verbatim_problem(cell(quoted, VERBATIM_TAG)) is None
+    # the cell's own code next to the quotation must still fit
+    mixed = quoted + f"print({long_line!r})\n"
+    assert _long_code_lines(cell(mixed, VERBATIM_TAG)) == [f"line 6: {len(mixed.splitlines()[5])} characters"]
+    # a quotation must say which article it comes from, in its first line
+    unnamed = quoted.replace("# A2 §5.2, as printed", "# some code")
+    assert "A1 to A5" in _verbatim_problem(cell(unnamed, VERBATIM_TAG))
+    assert _long_code_lines(cell(unnamed, VERBATIM_TAG)), "an unnamed quotation is not exempt"
+    assert "no string literal" in _verbatim_problem(cell(f"# A2 §5.2\n{long_line}\n", VERBATIM_TAG))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
