@@ -507,21 +507,52 @@ def test_only_quoted_lines_of_a_verbatim_cell_may_be_long():
     assert "no string literal" in _verbatim_problem(cell(f"# A2 §5.2\n{long_line}\n", VERBATIM_TAG))
 
 
+def _long_printed_lines(cell: dict) -> list[str]:
+    """Printed (plain-text) output lines of a cell wider than the column."""
+    long = []
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "error":
+            continue  # the stale check (tests/test_stamps.py) refuses errors
+        if output.get("output_type") != "stream" and any(m in output.get("data", {}) for m in SHOWN_INSTEAD_OF_TEXT):
+            continue
+        long += [line for line in _text(output).splitlines() if len(line) > MAX_LINE]
+    return long
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_printed_output_fits_the_column(path):
     long = []
     for index, cell in _code_cells(_nb(path)):
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "error":
-                continue  # the stale check (tests/test_stamps.py) refuses errors
-            if output.get("output_type") != "stream" and any(m in output.get("data", {}) for m in SHOWN_INSTEAD_OF_TEXT):
-                continue
-            long += [f"cell {index}: {len(line)} characters: {line[:50]!r}..." for line in _text(output).splitlines()
-                     if len(line) > MAX_LINE]
+        if WIDE_OUTPUT_TAG in cell.get("metadata", {}).get("tags", []):
+            continue  # a GPU run's output, shown in a box that scrolls with a cue (see below)
+        long += [f"cell {index}: {len(line)} characters: {line[:50]!r}..." for line in _long_printed_lines(cell)]
     assert not long, (
         f"{path}: printed lines longer than {MAX_LINE} characters scroll sideways on the page "
         f"(print fewer or narrower columns, or display a Markdown table): {long[:8]}"
     )
+
+
+# Printed output of a GPU run cannot be re-made without a GPU: where such a run printed lines
+# wider than the column, the cell is tagged `wide-output` and the page scrolls the output box
+# sideways with a visible cue (tests/site/test_site.py checks the cue). The tag is allowed only
+# in notebooks whose committed outputs come from a full-mode (GPU) run; a CPU notebook is cheap
+# to re-execute, so its output must be narrowed instead.
+WIDE_OUTPUT_TAG = "wide-output"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_wide_output_only_for_gpu_runs(path):
+    nb = _nb(path)
+    tagged = [index for index, cell in _code_cells(nb) if WIDE_OUTPUT_TAG in cell.get("metadata", {}).get("tags", [])]
+    if not tagged:
+        return
+    stamp = stamps.get_stamp(nb) or {}
+    assert stamp.get("mode") == "full" and stamp.get("device_type") == "cuda", (
+        f"{path}: cells {tagged} are tagged {WIDE_OUTPUT_TAG!r}, which only a GPU run's outputs may be; "
+        "re-execute this notebook with narrower printed lines instead"
+    )
+    narrow = [i for i in tagged if not _long_printed_lines(nb["cells"][i])]
+    assert not narrow, f"{path}: cells {narrow} are tagged {WIDE_OUTPUT_TAG!r} but print nothing wider than {MAX_LINE}"
 
 
 def _font_points(value: str) -> float:
