@@ -373,3 +373,9 @@ def test_the_intro_describes_the_stamp_line_as_the_executor_writes_it():
 @pytest.mark.parametrize("page", ["layernorm.ipynb", "layernorm_pitfalls.ipynb", "residual.ipynb", "source_code.ipynb"])
 def test_the_pages_the_intro_says_are_cpu_runs_are_stamped_so(page):
     assert " cpu mode, " in _stamp_line(page), f"the intro says {page} is committed from a cpu-mode run"
+
+
+@pytest.mark.parametrize("page", ["training.ipynb", "experiments.ipynb", "performance.ipynb"])
+def test_the_pages_the_intro_says_are_gpu_runs_are_stamped_so(page):
+    line = _stamp_line(page)
+    assert " full mode, " in line and "NVIDIA" in line, f"the intro says {page} is committed from a GPU run: {line}"
