@@ -601,19 +601,9 @@ def test_figures_are_drawn_at_the_column_width_with_readable_text(path):
 
 
 def _png_dpi(data: bytes) -> float | None:
-    import struct
+    from resnorm import plotting
 
-    offset = 8
-    while offset + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[offset:offset + 4])
-        kind = data[offset + 4:offset + 8]
-        if kind == b"pHYs":
-            per_metre, _, unit = struct.unpack(">IIB", data[offset + 8:offset + 17])
-            return per_metre * 0.0254 if unit == 1 else None
-        if kind == b"IDAT":
-            return None
-        offset += 12 + length
-    return None
+    return plotting.png_dpi(data)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)

@@ -138,3 +138,12 @@ def test_legend_outside_keeps_the_legend_off_the_data():
     with pytest.raises(ValueError, match="no labelled artists"):
         plotting.legend_outside(plt.subplots()[1])
     plt.close("all")
+
+
+def test_png_dpi_reads_what_matplotlib_wrote(tmp_path):
+    fig, _ = plt.subplots(figsize=(2, 1))
+    path = tmp_path / "f.png"
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    assert plotting.png_dpi(path.read_bytes()) == pytest.approx(150, abs=0.1)
+    assert plotting.png_dpi(b"not a png") is None

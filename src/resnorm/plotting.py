@@ -151,6 +151,29 @@ def legend_outside(ax_or_fig, where: str = "below", ncol: int | None = None):
     return fig.legend(handles, labels, loc="outside right upper", ncol=ncol or 1)
 
 
+def png_dpi(data: bytes) -> float | None:
+    """The resolution a PNG was saved at (matplotlib writes it in the pHYs chunk), or None.
+
+    A figure's drawn width in inches is its width in pixels over this; the site tests compare
+    it with the width the page shows it at, to know how large its text appears.
+    """
+    import struct
+
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    offset = 8
+    while offset + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[offset:offset + 4])
+        kind = data[offset + 4:offset + 8]
+        if kind == b"pHYs":
+            per_metre, _, unit = struct.unpack(">IIB", data[offset + 8:offset + 17])
+            return per_metre * 0.0254 if unit == 1 and per_metre else None
+        if kind == b"IDAT":  # pHYs must come before the image data
+            return None
+        offset += 12 + length
+    return None
+
+
 def provenance() -> str:
     """Where a figure's data came from: mode and hardware, for captions and figure footers."""
     from . import runtime

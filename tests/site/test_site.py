@@ -434,21 +434,11 @@ return {
 
 def _png_drawn_width_in(path: Path) -> float | None:
     """The width a PNG was drawn at, in inches: its pixels over the dpi in its pHYs chunk (matplotlib writes it)."""
+    from resnorm import plotting
+
     data = path.read_bytes()
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        return None
-    width = struct.unpack(">I", data[16:20])[0]
-    offset = 8
-    while offset + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[offset:offset + 4])
-        kind = data[offset + 4:offset + 8]
-        if kind == b"pHYs":
-            per_metre, _, unit = struct.unpack(">IIB", data[offset + 8:offset + 17])
-            return width / (per_metre * 0.0254) if unit == 1 and per_metre else None
-        if kind == b"IDAT":
-            break
-        offset += 12 + length
-    return None
+    dpi = plotting.png_dpi(data)
+    return None if dpi is None else struct.unpack(">I", data[16:20])[0] / dpi
 
 
 def _svg_smallest_text_scale(path: Path) -> tuple[float, float] | None:
