@@ -189,3 +189,28 @@ def test_interleaved_timing_takes_turns_and_measures_each():
     assert timings["slow"].median_ms >= 4.0 and 1.0 <= timings["fast"].median_ms < timings["slow"].median_ms
     with pytest.raises(ValueError, match="at least one"):
         bench.do_bench_interleaved({}, device="cpu")
+
+
+def test_interleaved_timing_can_flush_the_cache_before_each_call(monkeypatch):
+    zeroed = []
+    real_empty = torch.empty
+
+    def tracking_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if args and args[0] == bench.L2_FLUSH_BYTES // 4:
+            class Flush:
+                def zero_(self):
+                    zeroed.append(len(order))
+
+            return Flush()
+        return t
+
+    order = []
+    monkeypatch.setattr(bench.torch, "empty", tracking_empty)
+    timings = bench.do_bench_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                                         device="cpu", reps=3, warmup=0, flush_l2=True)
+    assert timings["a"].reps == timings["b"].reps == 3
+    assert zeroed == list(range(6))  # one flush before each of the 6 timed calls
+    zeroed.clear()
+    bench.do_bench_interleaved({"a": lambda: order.append("a")}, device="cpu", reps=2, warmup=0)
+    assert zeroed == []  # no flush unless asked

@@ -243,3 +243,110 @@ def test_any_override_computes_the_same_result(monkeypatch):
     for g1, g0, gr in zip(grads1, grads0, ref_grads):
         assert (g1.double().cpu() - gr).abs().max() / gr.abs().max() < 1e-5
         assert torch.allclose(g1, g0, rtol=1e-5, atol=1e-5)
+
+
+# Variants a sweep may pick (tools/kernel_sweep.py): several blocks per forward program
+# (ROWS), fewer or more programs sharing the backward's partial sums, the Triton reduction of
+# those partial sums. Each must compute what the float64 reference computes, at odd shapes too.
+VARIANTS = {
+    "fwd rows=4xBLOCK_M": {"fwd": {"BLOCK_M": 2, "ROWS": 8, "num_warps": 2}},
+    "fwd one row, 4 per program": {"fwd": {"BLOCK_M": 1, "ROWS": 4, "num_warps": 4}},
+    "bwd 1 program/SM, triton reduce": {"bwd": {"programs_per_sm": 1, "reduce": "triton"}},
+    "bwd 8 programs/SM, BLOCK_M 4, triton reduce": {"bwd": {"programs_per_sm": 8, "BLOCK_M": 4, "reduce": "triton"}},
+    "bwd BLOCK_M 1, torch reduce, 2 warps": {"bwd": {"BLOCK_M": 1, "num_warps": 2, "reduce": "torch"}},
+}
+
+
+def _set_variant(monkeypatch, variant, n, element_size):
+    for direction, setting in variant.items():
+        monkeypatch.setitem(kernels.OVERRIDES, (direction, n, element_size), setting)
+
+
+@needs_triton
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("shape", [(37, 100), (130, 256), (2, 9, 384), (3, 5000)])
+def test_every_variant_matches_float64_reference(monkeypatch, name, shape):
+    _set_variant(monkeypatch, VARIANTS[name], shape[-1], 4)
+    x, w, b, dy = make(shape, torch.float32, seed=7)
+    y, (dx, dw, db) = run_triton(x, w, b, dy)
+    y_ref, (dx_ref, dw_ref, db_ref) = reference(x, w, b, dy)
+    rows = x.numel() // shape[-1]
+    assert max_err(y, y_ref) < 1e-5 and max_err(dx, dx_ref) < 1e-5
+    assert max_err(dw, dw_ref) < 1e-5 * rows and max_err(db, db_ref) < 1e-5 * rows
+
+
+@needs_triton
+@pytest.mark.parametrize("affine", [(False, False), (True, False), (False, True)])
+def test_triton_reduction_without_weight_or_bias(monkeypatch, affine):
+    monkeypatch.setitem(kernels.OVERRIDES, ("bwd", 48, 4), {"reduce": "triton", "programs_per_sm": 3})
+    x, w, b, dy = make((33, 48), torch.float32, affine=affine)
+    y, (dx, dw, db) = run_triton(x, w, b, dy)
+    y_ref, (dx_ref, dw_ref, db_ref) = reference(x, w, b, dy)
+    assert max_err(y, y_ref) < 1e-5 and max_err(dx, dx_ref) < 1e-5
+    assert (dw is None) == (not affine[0]) and (db is None) == (not affine[1])
+    if affine[0]:
+        assert max_err(dw, dw_ref) < 1e-4
+    if affine[1]:
+        assert max_err(db, db_ref) < 1e-4
+
+
+@needs_triton
+def test_triton_reduction_keeps_parameter_dtypes_and_bf16_accuracy(monkeypatch):
+    for element_size in (2, 4):
+        monkeypatch.setitem(kernels.OVERRIDES, ("bwd", 64, element_size), {"reduce": "triton", "programs_per_sm": 2})
+    x, w, b, dy = make((20, 64), torch.bfloat16, weight_dtype=torch.float32)
+    y, (dx, dw, db) = run_triton(x, w, b, dy)
+    assert (y.dtype, dx.dtype, dw.dtype, db.dtype) == (torch.bfloat16, torch.bfloat16, torch.float32, torch.float32)
+    _, (_, dw_ref, db_ref) = reference(x, w, b, dy)
+    assert max_err(dw, dw_ref) < 0.01 * dw_ref.abs().max().item()
+    x, w, b, dy = make((70, 64), torch.bfloat16, seed=2)
+    _, (_, dw, db) = run_triton(x, w, b, dy)
+    _, (_, dw_ref, db_ref) = reference(x, w, b, dy)
+    assert dw.dtype == db.dtype == torch.bfloat16
+    assert max_err(dw, dw_ref) < 0.01 * dw_ref.abs().max().item()
+    assert max_err(db, db_ref) < 0.01 * db_ref.abs().max().item()
+
+
+@needs_triton
+def test_triton_reduction_is_deterministic(monkeypatch):
+    monkeypatch.setitem(kernels.OVERRIDES, ("bwd", 128, 4), {"reduce": "triton", "programs_per_sm": 5})
+    x, w, b, dy = make((200, 128), torch.float32, seed=3)
+    _, (_, dw1, db1) = run_triton(x, w, b, dy)
+    _, (_, dw2, db2) = run_triton(x, w, b, dy)
+    assert torch.equal(dw1, dw2) and torch.equal(db1, db2)
+
+
+@needs_triton
+def test_no_grad_path_skips_autograd_and_matches():
+    x, w, b, _ = make((37, 100), torch.float32)
+    with torch.no_grad():
+        y = kernels.layer_norm(x.requires_grad_(), 100, w, b)
+    assert y.grad_fn is None
+    assert max_err(y, F.layer_norm(x.detach(), (100,), w, b)) < 1e-5
+    y2 = kernels.layer_norm(x.detach(), 100, w, b)  # nothing requires grad
+    assert y2.grad_fn is None and torch.equal(y, y2)
+
+
+def test_bad_settings_are_clear_errors(monkeypatch):
+    monkeypatch.setitem(kernels.OVERRIDES, ("fwd", 256, 4), {"BLOCK_M": 4, "ROWS": 6})
+    with pytest.raises(ValueError, match="ROWS must be a multiple of BLOCK_M"):
+        kernels.launch_config(256, 4)
+    monkeypatch.setitem(kernels.OVERRIDES, ("fwd", 256, 4), {"reduce": "triton"})
+    with pytest.raises(ValueError, match="unknown fwd setting"):
+        kernels.launch_config(256, 4)
+    monkeypatch.setitem(kernels.OVERRIDES, ("bwd", 256, 4), {"reduce": "atomics"})
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        kernels.launch_config(256, 4, "bwd")
+    monkeypatch.setitem(kernels.OVERRIDES, ("bwd", 256, 4), {"num_warps": 3})
+    with pytest.raises(ValueError, match="power of two"):
+        kernels.launch_config(256, 4, "bwd")
+
+
+def test_tuned_defaults_apply_and_overrides_win(monkeypatch):
+    monkeypatch.setitem(kernels.TUNED, ("bwd", 256, 2), {"programs_per_sm": 2, "reduce": "triton"})
+    cfg = kernels.launch_config(256, 2, "bwd")
+    assert cfg["programs_per_sm"] == 2 and cfg["reduce"] == "triton"
+    monkeypatch.setitem(kernels.OVERRIDES, ("bwd", 256, 2), {"reduce": "torch"})
+    cfg = kernels.launch_config(256, 2, "bwd")
+    assert cfg["programs_per_sm"] == 2 and cfg["reduce"] == "torch"
+    assert kernels.launch_config(256, 2)["ROWS"] == kernels.launch_config(256, 2)["BLOCK_M"]

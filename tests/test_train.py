@@ -296,6 +296,128 @@ def test_hooks_compile_probe_and_padded_stream_run_on_cpu(data):
     assert not result.diverged and result.log[-1]["val_exact_match"] is not None
 
 
+def test_the_schedule_follows_whichever_budget_is_nearer_its_end():
+    cfg = make_config("quick", steps=1000, warmup_steps=0, time_budget_s=60.0)
+    # 90 % of the steps but 10 % of the time: the step budget decides; and the other way round.
+    assert train.lr_factor(cfg, 900, progress=0.1) == pytest.approx(train.lr_factor(cfg, 900))
+    assert train.lr_factor(cfg, 100, progress=0.9) == pytest.approx(train.lr_factor(cfg, 900))
+    assert train.lr_factor(cfg, 100, progress=0.9) < train.lr_factor(cfg, 100)
+
+
+def test_cuda_graphs_on_a_cpu_fall_back_to_eager_and_say_why(data):
+    cfg = make_config("quick", **TINY, steps=12, cuda_graphs=True, pad_multiple=32, log_interval=6, eval_interval=12)
+    result = train.train(cfg, data=data, device="cpu")
+    assert result.compile_report["decision"] == "eager (CUDA graphs need a CUDA device)"
+    assert result.log[-1]["step"] == 12 and not result.diverged
+
+
+def test_compile_and_cuda_graphs_exclude_each_other():
+    with pytest.raises(ValueError, match="exclude each other"):
+        make_config("quick", compile=True, cuda_graphs=True)
+
+
+def test_the_graph_path_of_the_loop_runs_with_a_stand_in_capture(data, monkeypatch):
+    # The real capture needs a GPU (see the GPU test below); a stand-in that returns the module
+    # unchanged runs everything around it: the sample batch, the dispatch, the timing, the report.
+    captured = []
+
+    def stand_in(module, args, **kwargs):
+        captured.append([tuple(a.shape) for a in args])
+        return module
+
+    monkeypatch.setattr(train, "_can_capture", lambda device: True)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", stand_in)
+    cfg = make_config("quick", **TINY, steps=30, cuda_graphs=True, pad_multiple=32, log_interval=10,
+                      eval_interval=30)
+    seen = []
+    result = train.train(cfg, data=data, device="cpu", on_backward=lambda step, model: seen.append(step))
+    report = result.compile_report
+    assert captured and all(shape[-1] == 32 for shape in captured[0])  # one padded shape, 32 tokens
+    assert report["method"] == "cuda_graphs" and report["capture_s"] is not None
+    assert report["eager_ms_per_step"] > 0 and report["graphed_ms_per_step"] > 0
+    assert report["decision"] in ("cuda graphs", "eager (cuda graphs steps were not faster)")
+    if report["decision"] == "cuda graphs":
+        capture_step = 1 + max(2, 30 // 8)  # the probe times eager steps [1, 4), then captures
+        assert report["graph_replays"] == 30 - capture_step  # every step from the capture on
+        assert report["capture_attempts"] == 1
+    assert seen == list(range(30)) and result.log[-1]["step"] == 30 and not result.diverged
+
+
+def test_a_failed_capture_is_retried_then_falls_back_to_eager(data, monkeypatch):
+    attempts = []
+
+    def flaky(module, args, **kwargs):
+        attempts.append(1)
+        if len(attempts) == 1:  # the first capture in a process failed on an H200
+            raise RuntimeError("operation failed due to a previous error during capture")
+        return module
+
+    monkeypatch.setattr(train, "_can_capture", lambda device: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", flaky)
+    cfg = make_config("quick", **TINY, steps=30, cuda_graphs=True, pad_multiple=32, log_interval=10,
+                      eval_interval=30)
+    report = train.train(cfg, data=data, device="cpu").compile_report
+    assert report["capture_attempts"] == 2 and "previous error" in report["capture_errors"][0]
+
+    def broken(module, args, **kwargs):
+        raise RuntimeError("capture is broken")
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", broken)
+    result = train.train(cfg, data=data, device="cpu")
+    report = result.compile_report
+    assert report["decision"].startswith("eager (capture failed: RuntimeError: capture is broken")
+    assert len(report["capture_errors"]) == train._SpeedProbe.CAPTURE_ATTEMPTS
+    assert result.log[-1]["step"] == 30 and not result.diverged
+
+
+def test_the_graphed_forward_replays_only_the_captured_shape_with_autograd():
+    import contextlib
+
+    calls = []
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, src, tgt_in, src_mask, tgt_mask):
+            calls.append("model")
+            return self.w * src.float()
+
+    def capture(module, args):
+        def replay(*a):
+            calls.append("graph")
+            return module(*a)
+        return replay
+
+    model = Model()
+    batch = lambda n: (torch.ones(2, n), torch.ones(2, n), torch.zeros(2, n, dtype=torch.bool),  # noqa: E731
+                       torch.zeros(2, n, dtype=torch.bool))
+    graphed = train._GraphedForward(model, batch(4), contextlib.nullcontext(), capture=capture)
+    graphed(*batch(4))
+    assert calls == ["graph", "model"] and graphed.replays == 1
+    calls.clear()
+    graphed(*batch(5))  # another shape: eager
+    with torch.no_grad():
+        graphed(*batch(4))  # no autograd (an evaluation): eager
+    assert calls == ["model", "model"] and graphed.replays == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graphs_train_like_eager_on_a_gpu(data):
+    # Same seed, same batches: graphed steps must give the eager losses (up to bf16 rounding).
+    kw = dict(**TINY, steps=60, pad_multiple=32, log_interval=5, eval_interval=60)
+    eager = train.train(make_config("quick", **kw), data=data)
+    graphed = train.train(make_config("quick", **kw, cuda_graphs=True), data=data)
+    report = graphed.compile_report
+    assert report["decision"] in ("cuda graphs", "eager (cuda graphs steps were not faster)"), report
+    assert report["capture_s"] is not None
+    a = [r["loss"] for r in eager.log]
+    b = [r["loss"] for r in graphed.log]
+    assert len(a) == len(b) and all(abs(x - y) <= 0.02 * abs(x) + 1e-3 for x, y in zip(a, b)), (a, b)
+
+
 def test_a_diverging_run_stops_and_says_so(data):
     cfg = make_config("quick", **TINY, steps=40, log_interval=2, eval_interval=40)
 

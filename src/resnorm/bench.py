@@ -174,19 +174,23 @@ def do_bench_interleaved(
     device=None,
     reps: int = 10,
     warmup: int = 2,
+    flush_l2: bool = False,
 ) -> dict[str, Timing]:
     """Time several functions by turns, ``A B A B ...``, and return each one's :class:`Timing`.
 
     When two implementations are compared, taking turns exposes both to the same conditions
     (clock boosts, thermal state, other work on a shared machine), which timing them one after
     the other does not. Each call is timed on its own (CUDA events on a GPU, ``perf_counter``
-    after a synchronisation elsewhere); no cache flush, as for whole training steps.
+    after a synchronisation elsewhere). By default no cache flush, as for whole training steps;
+    ``flush_l2=True`` overwrites a 256 MB buffer before every timed call, as :func:`do_bench`
+    does, for kernels whose inputs would otherwise stay in the L2 cache.
     """
     if not fns:
         raise ValueError("fns must name at least one function")
     if reps < 1 or warmup < 0:
         raise ValueError(f"need reps >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
     dev = _device_of(device)
+    cache = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=dev) if flush_l2 else None
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -194,6 +198,8 @@ def do_bench_interleaved(
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
+            if cache is not None:
+                cache.zero_()
             if dev.type == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()

@@ -105,14 +105,18 @@ class Budget:
     pad_multiple: int = 1
     fast: bool = False
     data_workers: int = 0
+    # Replay each step's forward and backward from CUDA graphs (GPU only; see TrainConfig.cuda_graphs):
+    # a small model's step is bound by kernel launches, and a graph launches them all at once.
+    cuda_graphs: bool = False
+    eval_interval: int = 0  # > 0: also measure exact match every this many steps (RunResult.em_curve)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "d_model", "n_heads", "d_ff", "log_every", "n_test", "val_batches",
                      "pad_multiple"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Budget.{name} must be positive, got {getattr(self, name)}")
-        if self.eval_examples < 0 or self.time_s < 0 or self.data_workers < 0:
-            raise ValueError("Budget.eval_examples, time_s and data_workers must be >= 0")
+        if self.eval_examples < 0 or self.time_s < 0 or self.data_workers < 0 or self.eval_interval < 0:
+            raise ValueError("Budget.eval_examples, time_s, data_workers and eval_interval must be >= 0")
         if self.d_model % self.n_heads:
             raise ValueError(f"Budget.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
 
@@ -173,7 +177,8 @@ def train_config(spec: RunSpec, budget: Budget, seed: int = 0):
         batch_size=budget.batch_size, pad_multiple=budget.pad_multiple, steps=budget.steps,
         time_budget_s=budget.time_s, lr=spec.lr, warmup_steps=spec.warmup_steps, schedule="cosine",
         grad_clip=0.0 if spec.grad_clip is None else spec.grad_clip, seed=seed, log_interval=budget.log_every,
-        eval_interval=10**9, eval_examples=budget.eval_examples, data_workers=budget.data_workers, progress=False)
+        eval_interval=budget.eval_interval or 10**9, eval_examples=budget.eval_examples, data_workers=budget.data_workers,
+        cuda_graphs=budget.cuda_graphs, progress=False)
 
 
 def build_model(spec: RunSpec, budget: Budget, data: Data, seed: int = 0):
@@ -228,6 +233,8 @@ class RunResult:
     model: nn.Module | None = None  # the trained model, kept only if train_run(keep_model=True)
     state: dict | None = None  # its state dict on the CPU (how a worker process returns it)
     error: str | None = None  # set when the run failed in a worker process (see run_jobs)
+    speed: dict = field(default_factory=dict)  # the loop's speed probe: eager vs CUDA-graph step times
+    em_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, exact match) at each evaluation
 
     def row(self) -> dict[str, Any]:
         s = self.spec
@@ -358,7 +365,9 @@ def train_run(spec: RunSpec, budget: Budget, data: Data, seed: int = 0, device=N
     wall = time.perf_counter() - start
     return RunResult(spec, seed, steps_done, first_loss, final_loss, val_loss, val_acc, em, diverged, wall,
                      runtime.device_name(device), curve, grads, updates, model.num_parameters(), train_s,
-                     1000 * train_s / max(steps_done, 1), model if keep_model else None)
+                     1000 * train_s / max(steps_done, 1), model if keep_model else None,
+                     speed=dict(result.compile_report),
+                     em_curve=[(r["step"], r["val_exact_match"]) for r in log if r["val_exact_match"] is not None])
 
 
 # ----------------------------------------------------------------------------- several runs

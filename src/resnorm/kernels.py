@@ -16,10 +16,16 @@ change in the backward pass that makes it deterministic:
   dx is a per-row computation, but dw and db are sums over *all* rows. Each program walks
   a contiguous stripe of rows, writes their dx, and accumulates its own partial dw and db in
   a float32 tile of registers, summed over its rows once at the end; it stores them in row
-  ``pid`` of a ``(2, G, N)`` buffer, and PyTorch's ``sum`` reduces the G partial rows. The
-  tutorial instead accumulates partial sums in shared buffers guarded by a spin lock, whose
-  summation order (and so last bit of the result) changes from run to run; here the order
-  is fixed.
+  ``pid`` of a ``(2, G, N)`` buffer, and PyTorch's ``sum`` reduces the G partial rows (or,
+  with ``reduce="triton"``, one ``_layer_norm_bwd_reduce`` kernel that also writes dw and db
+  in their dtype). The tutorial instead accumulates partial sums in shared buffers guarded
+  by a spin lock, whose summation order (and so last bit of the result) changes from run to
+  run; here the order is fixed.
+
+Launch settings (:func:`launch_config`): heuristics, then :data:`TUNED` (measured on a GPU by
+``tools/kernel_sweep.py``), then :data:`OVERRIDES` (set at run time). Besides block size and
+warps they choose variants: rows per forward program (``ROWS``), programs per SM sharing the
+backward's partial sums (``programs_per_sm``), and the reduction of those sums (``reduce``).
 
 Rows wider than 64 KB (16384 float32 or 32768 bfloat16 features) do not fit the one-block
 design and are rejected with a clear error, as in the tutorial.
@@ -108,30 +114,36 @@ def _require(x: torch.Tensor) -> None:
 
 def _layer_norm_fwd(X, Y, W, B, Mean, Rstd, M, N, stride_x, stride_y, eps,
                     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+    # Each program normalizes ROWS rows, BLOCK_M at a time (ROWS = BLOCK_M: one block per
+    # program). The loop is unrolled (ROWS is a compile-time constant), so the loads of the
+    # next block can be issued while the current one is reduced; weight and bias load once.
     pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
-    row_ok = rows < M
     col_ok = cols < N
-    mask = row_ok[:, None] & col_ok[None, :]
-    rows64 = rows.to(tl.int64)  # M·N can exceed 2**31 elements
-    x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=1) / N
-    # Two passes over the registers (not E[x²] - E[x]²), so a large mean costs no precision.
-    xc = tl.where(mask, x - mean[:, None], 0.0)
-    var = tl.sum(xc * xc, axis=1) / N
-    rstd = 1.0 / tl.sqrt(var + eps)
-    y = xc * rstd[:, None]
     if HAS_WEIGHT:
         w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
-        y = y * w[None, :]
     if HAS_BIAS:
         b = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
-        y = y + b[None, :]
-    tl.store(Mean + rows, mean, mask=row_ok)
-    tl.store(Rstd + rows, rstd, mask=row_ok)
-    tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    for start in tl.static_range(0, ROWS, BLOCK_M):
+        rows = pid * ROWS + start + tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        mask = row_ok[:, None] & col_ok[None, :]
+        rows64 = rows.to(tl.int64)  # M·N can exceed 2**31 elements
+        x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / N
+        # Two passes over the registers (not E[x²] - E[x]²), so a large mean costs no precision.
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+        var = tl.sum(xc * xc, axis=1) / N
+        rstd = 1.0 / tl.sqrt(var + eps)
+        y = xc * rstd[:, None]
+        if HAS_WEIGHT:
+            y = y * w[None, :]
+        if HAS_BIAS:
+            y = y + b[None, :]
+        tl.store(Mean + rows, mean, mask=row_ok)
+        tl.store(Rstd + rows, rstd, mask=row_ok)
+        tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
 def _layer_norm_bwd(X, DY, DX, W, Mean, Rstd, DW_partial, DB_partial,
@@ -178,7 +190,32 @@ def _layer_norm_bwd(X, DY, DX, W, Mean, Rstd, DW_partial, DB_partial,
         tl.store(DB_partial + pid * N + cols, tl.sum(db, axis=0), mask=col_ok)
 
 
-_KERNEL_SOURCES = {"fwd": _layer_norm_fwd, "bwd": _layer_norm_bwd}
+def _layer_norm_bwd_reduce(Partial, DW, DB, P, N,
+                           HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           BLOCK_P: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    # Sums the (2, P, N) partial rows of the backward over P, BLOCK_COLS columns per program,
+    # in a fixed order (so dw and db are the same bits on every run), and writes dw and db in
+    # their final dtype: one launch where PyTorch's sum and two casts take up to three.
+    pid = tl.program_id(0)
+    cols = pid * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
+    col_ok = cols < N
+    acc_w = tl.zeros([BLOCK_P, BLOCK_COLS], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_P, BLOCK_COLS], dtype=tl.float32)
+    for start in range(0, P, BLOCK_P):
+        p = start + tl.arange(0, BLOCK_P)
+        mask = (p < P)[:, None] & col_ok[None, :]
+        offsets = p[:, None] * N + cols[None, :]
+        if HAS_WEIGHT:
+            acc_w += tl.load(Partial + offsets, mask=mask, other=0.0)
+        if HAS_BIAS:
+            acc_b += tl.load(Partial + P * N + offsets, mask=mask, other=0.0)
+    if HAS_WEIGHT:
+        tl.store(DW + cols, tl.sum(acc_w, axis=0).to(DW.dtype.element_ty), mask=col_ok)
+    if HAS_BIAS:
+        tl.store(DB + cols, tl.sum(acc_b, axis=0).to(DB.dtype.element_ty), mask=col_ok)
+
+
+_KERNEL_SOURCES = {"fwd": _layer_norm_fwd, "bwd": _layer_norm_bwd, "bwd_reduce": _layer_norm_bwd_reduce}
 
 
 @functools.lru_cache(maxsize=1)
@@ -211,45 +248,97 @@ def _block_n(n: int, element_size: int) -> int:
     return block
 
 
-# Launch settings measured to be better on a GPU than the heuristics below, by (direction, N,
-# element size): {"BLOCK_M": ..., "num_warps": ...}. Empty unless a benchmark fills it in
-# (the performance chapter measures a few candidates and keeps the fastest); every setting
-# computes the same result, so this changes speed only.
-OVERRIDES: dict[tuple[str, int, int], dict[str, int]] = {}
+# Launch settings by (direction, N, element size), on top of the heuristics below. Every
+# setting computes the same dx, y, mean and rstd (dw and db up to the order of a float32 sum,
+# fixed for a given setting), so these change speed only. Keys a setting may hold:
+#   "fwd": BLOCK_M (rows per block, a power of two), num_warps, ROWS (rows per program, a
+#          multiple of BLOCK_M: the program loops over ROWS // BLOCK_M blocks);
+#   "bwd": BLOCK_M, num_warps, programs_per_sm (how many programs, per SM, share the rows and
+#          so the partial dw/db sums), reduce ("torch": PyTorch's sum over the partial rows and
+#          casts; "triton": one reduction kernel that writes dw and db in their dtype).
+# TUNED holds settings measured on a GPU by tools/kernel_sweep.py (paste its last lines here);
+# OVERRIDES is for settings chosen at run time (a sweep, a page) and wins over TUNED.
+TUNED: dict[tuple[str, int, int], dict] = {}
+OVERRIDES: dict[tuple[str, int, int], dict] = {}
+
+SETTING_KEYS = {
+    "fwd": ("BLOCK_M", "num_warps", "ROWS"),
+    "bwd": ("BLOCK_M", "num_warps", "programs_per_sm", "reduce"),
+}
+REDUCTIONS = ("torch", "triton")
+
+
+def _is_power_of_two(v) -> bool:
+    return isinstance(v, int) and v >= 1 and v & (v - 1) == 0
+
+
+def _check_setting(direction: str, setting: dict, where: str) -> None:
+    unknown = sorted(set(setting) - set(SETTING_KEYS[direction]))
+    if unknown:
+        raise ValueError(f"{where}: unknown {direction} setting(s) {unknown}; allowed: {list(SETTING_KEYS[direction])}")
+    for key in ("BLOCK_M", "num_warps"):
+        if key in setting and not _is_power_of_two(setting[key]):
+            raise ValueError(f"{where}: {key} must be a power of two, got {setting[key]!r}")
+    if "programs_per_sm" in setting and not (isinstance(setting["programs_per_sm"], int) and setting["programs_per_sm"] >= 1):
+        raise ValueError(f"{where}: programs_per_sm must be a positive int, got {setting['programs_per_sm']!r}")
+    if "reduce" in setting and setting["reduce"] not in REDUCTIONS:
+        raise ValueError(f"{where}: reduce must be one of {list(REDUCTIONS)}, got {setting['reduce']!r}")
 
 
 def launch_config(n: int, element_size: int, direction: str = "fwd") -> dict:
-    """Block sizes and warps for a row of ``n`` features (the heuristics, written down).
+    """Block sizes, warps and variant for a row of ``n`` features (the heuristics, written down).
 
     Narrow rows are packed several to a program (``BLOCK_M`` rows, about 4096 elements per
     block) so that a program has enough work to hide memory latency; wide rows get one row
     per program. One warp per 512 elements of the block, 1 to 16 warps: each thread then keeps
     16 elements, several 16-byte loads in flight, where the first version's one warp per 256
-    elements left each thread a single 16-byte load of bf16. ``direction`` ("fwd" or
-    "bwd") selects an entry of :data:`OVERRIDES`, if there is one.
+    elements left each thread a single 16-byte load of bf16. The forward gives each program
+    one block (``ROWS = BLOCK_M``); the backward lets 4 programs per SM share the rows and
+    adds up their partial sums with PyTorch (``reduce="torch"``). ``direction`` ("fwd" or
+    "bwd") selects the entries of :data:`TUNED` and then :data:`OVERRIDES`, if any.
     """
-    if direction not in ("fwd", "bwd"):
+    if direction not in SETTING_KEYS:
         raise ValueError(f"direction must be 'fwd' or 'bwd', got {direction!r}")
     block_n = _block_n(n, element_size)
     block_m = max(1, min(16, 4096 // block_n))
     num_warps = min(16, max(1, (block_m * block_n) // 512))
     num_warps = 1 << (num_warps.bit_length() - 1)  # a power of two
     config = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps}
-    config.update(OVERRIDES.get((direction, n, element_size), {}))
+    key = (direction, n, element_size)
+    for table_name, table in (("TUNED", TUNED), ("OVERRIDES", OVERRIDES)):
+        if key in table:
+            _check_setting(direction, table[key], f"kernels.{table_name}[{key}]")
+            config.update(table[key])
+    if direction == "fwd":
+        config.setdefault("ROWS", config["BLOCK_M"])
+        if config["ROWS"] < config["BLOCK_M"] or config["ROWS"] % config["BLOCK_M"]:
+            raise ValueError(f"ROWS must be a multiple of BLOCK_M, got ROWS={config['ROWS']}, BLOCK_M={config['BLOCK_M']}")
+    else:
+        config.setdefault("programs_per_sm", 4)
+        config.setdefault("reduce", "torch")
     return config
 
 
-def _num_programs_bwd(m: int, block_m: int, device: torch.device) -> int:
-    """How many programs share the backward's rows: a few per SM, and no more than needed.
+_SM_COUNTS: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNTS:
+        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNTS[index]
+
+
+def _num_programs_bwd(m: int, block_m: int, device: torch.device, per_sm: int = 4) -> int:
+    """How many programs share the backward's rows: ``per_sm`` per SM, and no more than needed.
 
     Each program writes one row of partial dw and db sums, which a reduction then adds up:
     more programs stream the rows with more parallelism, fewer leave less to reduce.
     """
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        target = 4 * sms
+        target = per_sm * _sm_count(device)
     else:  # the interpreter runs programs one after another; a few stripes test the reduction
-        target = 4
+        target = per_sm
     return max(1, min(target, triton.cdiv(m, block_m)))
 
 
@@ -268,18 +357,21 @@ def layer_norm_forward(x2: torch.Tensor, weight, bias, eps: float):
     """Launch the forward kernel on a (M, N) tensor; return ``y, mean, rstd``."""
     m, n = x2.shape
     cfg = launch_config(n, x2.element_size())
-    y = torch.empty_like(x2, memory_format=torch.contiguous_format)
-    mean = torch.empty(m, dtype=torch.float32, device=x2.device)
-    rstd = torch.empty(m, dtype=torch.float32, device=x2.device)
-    k = _kernels()
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]),)
-    k["fwd"][grid](
+    y = torch.empty((m, n), dtype=x2.dtype, device=x2.device)
+    stats = torch.empty((2, m), dtype=torch.float32, device=x2.device)  # one allocation for both
+    mean, rstd = stats[0], stats[1]
+    _kernels()["fwd"][(triton.cdiv(m, cfg["ROWS"]),)](
         x2, y, weight if weight is not None else x2, bias if bias is not None else x2, mean, rstd,
         m, n, x2.stride(0), y.stride(0), eps,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], ROWS=cfg["ROWS"], num_warps=cfg["num_warps"],
     )
     return y, mean, rstd
+
+
+# The reduction kernel's tile: BLOCK_P partial rows by BLOCK_COLS columns per step.
+REDUCE_BLOCK_P = 64
+REDUCE_BLOCK_COLS = 32
 
 
 def layer_norm_backward(dy2: torch.Tensor, x2: torch.Tensor, weight, mean, rstd, has_bias: bool):
@@ -287,11 +379,11 @@ def layer_norm_backward(dy2: torch.Tensor, x2: torch.Tensor, weight, mean, rstd,
     m, n = x2.shape
     cfg = launch_config(n, x2.element_size(), "bwd")
     block_m = cfg["BLOCK_M"]
-    programs = _num_programs_bwd(m, block_m, x2.device)
+    programs = _num_programs_bwd(m, block_m, x2.device, cfg["programs_per_sm"])
     rows_per_program = triton.cdiv(triton.cdiv(m, programs), block_m) * block_m
     programs = triton.cdiv(m, rows_per_program)
     has_weight = weight is not None
-    dx = torch.empty_like(x2, memory_format=torch.contiguous_format)
+    dx = torch.empty((m, n), dtype=x2.dtype, device=x2.device)
     # One buffer for both partial sums, so that one (deterministic) reduction adds them up.
     partial = torch.empty((2, programs, n), dtype=torch.float32, device=x2.device)
     k = _kernels()
@@ -301,11 +393,24 @@ def layer_norm_backward(dy2: torch.Tensor, x2: torch.Tensor, weight, mean, rstd,
         HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
         BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
     )
+    param_dtype = weight.dtype if has_weight else x2.dtype
+    if not (has_weight or has_bias):
+        return dx, None, None
+    if cfg["reduce"] == "triton":
+        # One kernel adds up the partial rows in a fixed order and writes dw, db in their dtype.
+        dw = torch.empty(n, dtype=param_dtype, device=x2.device) if has_weight else None
+        db = torch.empty(n, dtype=param_dtype, device=x2.device) if has_bias else None
+        k["bwd_reduce"][(triton.cdiv(n, REDUCE_BLOCK_COLS),)](
+            partial, dw if has_weight else partial, db if has_bias else partial, programs, n,
+            HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
+            BLOCK_P=REDUCE_BLOCK_P, BLOCK_COLS=REDUCE_BLOCK_COLS, num_warps=4,
+        )
+        return dx, dw, db
     # The (2, programs, n) partial sums are small (programs is a few per SM); PyTorch's sum adds
     # them in a fixed order (no atomics), so dw and db are the same bits on every run.
     sums = partial.sum(dim=1)
-    dw = sums[0].to(weight.dtype) if has_weight else None
-    db = sums[1].to(weight.dtype if has_weight else x2.dtype) if has_bias else None
+    dw = sums[0].to(param_dtype) if has_weight else None
+    db = sums[1].to(param_dtype) if has_bias else None
     return dx, dw, db
 
 
@@ -354,6 +459,11 @@ def layer_norm(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: f
         raise ValueError(f"the Triton LayerNorm supports float32, float16 and bfloat16 inputs, got {x.dtype}")
     weight = weight.contiguous() if weight is not None else None
     bias = bias.contiguous() if bias is not None else None
+    if not torch.is_grad_enabled() or not (
+        x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
+    ):
+        # Nothing to differentiate: launch the forward kernel without autograd's bookkeeping.
+        return layer_norm_forward(_as_rows(x, n), weight, bias, eps)[0].view(x.shape)
     return TritonLayerNormFunction.apply(x, n, weight, bias, eps)
 
 

@@ -92,6 +92,11 @@ class TrainConfig:
     eval_examples: int = 1000  # validation expressions decoded at each evaluation (0: no exact-match evaluation)
     data_workers: int = 0  # DataLoader processes generating batches (a GPU outruns one Python process)
     compile: bool = False  # torch.compile after timing eager steps; kept only if its steps are faster
+    # Replay the forward and backward passes from CUDA graphs (torch.cuda.make_graphed_callables)
+    # after timing eager steps; kept only if its steps are faster. For small models, whose steps
+    # are bound by the CPU's kernel launches: a graph launches them all at once, without a compile.
+    # Needs a CUDA device and one padded shape (pad_multiple); other shapes run eagerly.
+    cuda_graphs: bool = False
     stop_on_nonfinite: bool = True  # stop at the first log interval whose loss is NaN or inf (a divergence)
     precision: str = "auto"
     progress: bool = True
@@ -115,6 +120,8 @@ class TrainConfig:
             problems.append(f"lr must be positive and grad_clip >= 0, got lr={self.lr}, grad_clip={self.grad_clip}")
         if self.pad_multiple <= 0:
             problems.append(f"pad_multiple must be positive, got {self.pad_multiple}")
+        if self.compile and self.cuda_graphs:
+            problems.append("compile and cuda_graphs exclude each other: choose one way to speed up the steps")
         from .transformer import INITS, NORMS, RESIDUALS
 
         for name, valid in (("norm", NORMS), ("residual", RESIDUALS), ("init", INITS)):
@@ -241,8 +248,9 @@ def lr_factor(cfg: TrainConfig, step: int, progress: float | None = None) -> flo
 
     Linear warmup over ``warmup_steps`` (Adam's second-moment estimates are noisy in the
     first steps, and a Post-LN stack in particular diverges without it), then decay.
-    ``progress`` in [0, 1] is the fraction of the run done; by default ``step / steps``,
-    but a time-budgeted run passes the fraction of its time budget instead.
+    ``progress`` in [0, 1] is the fraction of the run done; by default ``step / steps``
+    (counted after the warmup). A time-budgeted run passes the fraction of its time budget, and
+    the schedule follows whichever of the two budgets, steps or time, is nearer its end.
     """
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
@@ -250,9 +258,8 @@ def lr_factor(cfg: TrainConfig, step: int, progress: float | None = None) -> flo
         return 1.0
     if cfg.schedule == "inverse_sqrt":
         return math.sqrt(max(cfg.warmup_steps, 1) / (step + 1))
-    if progress is None:
-        span = max(cfg.steps - cfg.warmup_steps, 1)
-        progress = (step - cfg.warmup_steps) / span
+    step_progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+    progress = step_progress if progress is None else max(progress, step_progress)
     progress = min(max(progress, 0.0), 1.0)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -549,79 +556,162 @@ def _dynamo_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-class _CompileProbe:
-    """Times eager steps, compiles, times compiled steps, and keeps compile only if it is faster.
+def _can_capture(device: torch.device) -> bool:
+    """Whether CUDA graphs can record on ``device`` (a seam: the tests run the graph path on a CPU)."""
+    return device.type == "cuda"
 
-    Both timings come from the same run, on the same stream of batches: steps ``[a, b)`` run eager,
-    step ``b`` compiles (its time minus an eager step's is the compile time), steps ``[c, d)``
-    run compiled. Timing a window synchronizes the GPU only at its two ends.
+
+class _Forward(nn.Module):
+    """The model's call as a module of its own, so that CUDA graphs capture it and leave the model as it is."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, src, tgt_in, src_mask, tgt_mask):
+        return self.model(src, tgt_in, src_mask, tgt_mask)
+
+
+class _GraphedForward:
+    """The training forward and its backward replayed from CUDA graphs; other calls run eagerly.
+
+    ``torch.cuda.make_graphed_callables`` records the kernels of one forward and one backward pass
+    on ``sample`` (a batch of the padded shape) and replays them for every later batch of that
+    shape: one launch instead of thousands. A batch of another shape, or a call without autograd,
+    runs the model as it is. The model's own ``forward`` is not patched, so evaluations and probes
+    that call the model see the plain module. ``capture`` is ``make_graphed_callables``; the tests
+    pass a stand-in to check the dispatch on a CPU.
     """
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, sync_clock):
+    def __init__(self, model: nn.Module, sample: tuple, autocast, capture=None):
+        if capture is None:  # a variant's unused parameter (say, a gain it never applies) gets no gradient
+            capture = lambda module, args: torch.cuda.make_graphed_callables(  # noqa: E731
+                module, args, allow_unused_input=True)
+        self.model = model
+        self.shapes = [tuple(t.shape) for t in sample]
+        with autocast:  # mixed precision inside the graph (its cast cache must be disabled)
+            self.graphed = capture(_Forward(model), tuple(sample))
+        self.replays = 0
+
+    def __call__(self, src, tgt_in, src_mask, tgt_mask):
+        args = (src, tgt_in, src_mask, tgt_mask)
+        if torch.is_grad_enabled() and [tuple(t.shape) for t in args] == self.shapes:
+            self.replays += 1
+            return self.graphed(*args)
+        return self.model(*args)
+
+
+class _SpeedProbe:
+    """Times eager steps, applies a speed-up, times its steps, and keeps it only if they are faster.
+
+    The speed-up is ``torch.compile`` (``method="compile"``) or CUDA graphs (``"cuda_graphs"``).
+    Both timings come from the same run, on the same stream of batches: steps ``[a, b)`` run eager,
+    step ``b`` compiles or captures (its time minus an eager step's is that cost), steps ``[c, d)``
+    run sped up. Timing a window synchronizes the GPU only at its two ends.
+    """
+
+    CAPTURE_ATTEMPTS = 3
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, sync_clock, method: str = "compile", autocast=None):
         n = cfg.steps  # the step cap (a time-budgeted run may stop earlier)
         width = 30 if n >= 200 else max(2, n // 8)
         self.a = 5 if n >= 200 else 1
         self.b = self.a + width
         self.c, self.d = self.b + 3, self.b + 3 + width
-        self.device, self.sync_clock = device, sync_clock
-        # Inductor on a GPU; on a CPU (CI's smoke runs) only dynamo's tracing, with the "eager" backend,
-        # so that the code path runs in seconds (inductor's C++ build would take minutes per graph).
-        self.backend = "inductor" if device.type == "cuda" else "eager"
-        self.report: dict = {"backend": self.backend, "decision": "not reached"}
+        self.device, self.sync_clock, self.method, self.autocast = device, sync_clock, method, autocast
+        self.report: dict = {"method": method, "decision": "not reached"}
+        if method == "compile":
+            # Inductor on a GPU; on a CPU (CI's smoke runs) only dynamo's tracing, with the "eager"
+            # backend, so that the code path runs in seconds (inductor's C++ build takes minutes per graph).
+            self.backend = "inductor" if device.type == "cuda" else "eager"
+            self.report["backend"] = self.backend
         self.marks: dict[int, float] = {}
         self.eager_model = None
+        self.graphed: _GraphedForward | None = None
 
-    def before_step(self, step: int, model):
-        """The model to run at ``step`` (compiles it at step b)."""
+    # The report's names for the sped-up steps and their one-off cost.
+    @property
+    def _names(self) -> tuple[str, str, str]:
+        if self.method == "compile":
+            return "compiled_ms_per_step", "compile_s", "compiled"
+        return "graphed_ms_per_step", "capture_s", "cuda graphs"
+
+    def before_step(self, step: int, model, sample: tuple = ()):
+        """The model to run at ``step`` (compiles or captures it at step b, ``sample`` is that step's batch)."""
         if step in (self.a, self.b, self.c, self.d):
             self.marks[step] = self.sync_clock()
-        if step == self.b:
-            import torch._dynamo
+        if step != self.b:
+            return model
+        self.eager_model = model
+        if self.method == "compile":
+            from torch import _dynamo
 
-            self.eager_model = model
             self.graphs_before = _dynamo_graphs()
             for name in ("recompile_limit", "cache_size_limit"):  # bound the recompilations (torch >= 2.6 / older)
-                if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, 8)
+                if hasattr(_dynamo.config, name):
+                    setattr(_dynamo.config, name, 8)
             return torch.compile(model, dynamic=False, backend=self.backend)
-        return model
+        if not _can_capture(self.device):
+            self.report["decision"] = "eager (CUDA graphs need a CUDA device)"
+            self.eager_model = None
+            return model
+        # Measured on an H200 (torch 2.11): the first capture in a fresh process failed with
+        # cudaErrorStreamCaptureInvalidated, and every later capture in that process succeeded. So a
+        # failed capture is tried again (the error is kept in the report) before falling back to eager.
+        for attempt in range(1, self.CAPTURE_ATTEMPTS + 1):
+            try:
+                self.graphed = _GraphedForward(model, sample, self.autocast)
+            except Exception as err:  # noqa: BLE001 - a capture failure: report it, retry, then train eagerly
+                self.report.setdefault("capture_errors", []).append(f"{type(err).__name__}: {str(err)[:160]}")
+                if attempt == self.CAPTURE_ATTEMPTS:
+                    return self.failed(err)
+                torch.cuda.synchronize(self.device)
+                continue
+            self.report["capture_attempts"] = attempt
+            return self.graphed
 
     def after_step(self, step: int, model):
-        """Record the timings; returns the model to keep (eager again if compile did not win)."""
-        if self.report["decision"].startswith("eager (compile failed"):
+        """Record the timings; returns the model to keep (eager again if the speed-up did not win)."""
+        if self.eager_model is None and step >= self.b:  # failed, or not applicable here
             return model
+        fast_key, cost_key, kept = self._names
         if step + 1 == self.b and self.a in self.marks:
             self.eager_ms = 1000 * (self.sync_clock() - self.marks[self.a]) / (self.b - self.a)
             self.marks[self.b] = self.sync_clock()
             self.report["eager_ms_per_step"] = round(self.eager_ms, 3)
         if step == self.b and self.b in self.marks:
             first = self.sync_clock() - self.marks[self.b]
-            self.report["compile_s"] = round(first - self.eager_ms / 1000, 2)
+            self.report[cost_key] = round(first - self.eager_ms / 1000, 2)
         if step + 1 == self.d and self.c in self.marks:
-            compiled_ms = 1000 * (self.sync_clock() - self.marks[self.c]) / (self.d - self.c)
-            self.report["compiled_ms_per_step"] = round(compiled_ms, 3)
-            self.report["graphs"] = _dynamo_graphs() - self.graphs_before
-            self.report["speedup"] = round(self.eager_ms / compiled_ms, 3)
-            if compiled_ms < self.eager_ms:
-                self.report["decision"] = "compiled"
+            fast_ms = 1000 * (self.sync_clock() - self.marks[self.c]) / (self.d - self.c)
+            self.report[fast_key] = round(fast_ms, 3)
+            if self.method == "compile":
+                self.report["graphs"] = _dynamo_graphs() - self.graphs_before
+            self.report["speedup"] = round(self.eager_ms / fast_ms, 3)
+            if fast_ms < self.eager_ms:
+                self.report["decision"] = kept
             else:
-                self.report["decision"] = "eager (compiled steps were not faster)"
+                self.report["decision"] = f"eager ({kept} steps were not faster)"
+                self.graphed = None
                 return self.eager_model
         return model
 
     def compiling(self, step: int) -> bool:
-        return step == self.b and self.eager_model is not None
+        return self.method == "compile" and step == self.b and self.eager_model is not None
 
     def failed(self, err: Exception):
-        """The compiled model failed at its first step: back to eager, and say why."""
-        self.report["decision"] = f"eager (compile failed: {type(err).__name__}: {str(err)[:200]})"
-        self.report["compile_s"] = None
+        """The speed-up failed (at compile or capture): back to eager, and say why."""
+        verb = "compile" if self.method == "compile" else "capture"
+        self.report["decision"] = f"eager ({verb} failed: {type(err).__name__}: {str(err)[:200]})"
+        self.report["compile_s" if self.method == "compile" else "capture_s"] = None
         model, self.eager_model = self.eager_model, None
         return model
 
     def finish(self, step: int) -> dict:
-        if "graphs" not in self.report and hasattr(self, "graphs_before"):
+        if self.method == "compile" and "graphs" not in self.report and hasattr(self, "graphs_before"):
             self.report["graphs"] = _dynamo_graphs() - self.graphs_before
+        if self.graphed is not None:
+            self.report["graph_replays"] = self.graphed.replays
         self.report["steps_run"] = step
         return self.report
 
@@ -654,8 +744,13 @@ def train(cfg: TrainConfig, data: TaskData | None = None, device: torch.device |
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, cfg.beta2),
                                   **({"fused": True} if device.type == "cuda" else {}))
     autocast, amp_dtype = _precision_context(cfg, device)
+    if cfg.cuda_graphs and amp_dtype is not None and device.type == "cuda":
+        # CUDA graphs record the casts too: autocast's cache of cast weights must be off.
+        autocast = torch.autocast(device_type="cuda", dtype=amp_dtype, cache_enabled=False)
     # A scaler only for float16, whose 5-bit exponent lets small gradients underflow to zero.
     scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=amp_dtype == torch.float16)
+    if info.active and cfg.cuda_graphs:
+        raise ValueError("cuda_graphs is for one process on one GPU; under torchrun (DDP) leave it off")
     if info.active:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -683,7 +778,9 @@ def train(cfg: TrainConfig, data: TaskData | None = None, device: torch.device |
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    probe = _CompileProbe(cfg, device, sync_clock) if cfg.compile else None
+    probe = None
+    if cfg.compile or cfg.cuda_graphs:
+        probe = _SpeedProbe(cfg, device, sync_clock, "compile" if cfg.compile else "cuda_graphs", autocast)
     step, val_em, train_s, lr = 0, None, 0.0, cfg.lr
     diverged_step = None
     sums = {"loss": run_loss, "correct": run_correct, "count": run_count}
@@ -735,9 +832,9 @@ def train(cfg: TrainConfig, data: TaskData | None = None, device: torch.device |
         lr = cfg.lr * lr_factor(cfg, step, progress)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if probe is not None:
-            model = probe.before_step(step, model)
         src, tgt_in, tgt_out, src_mask, tgt_mask = (t.to(device, non_blocking=True) for t in next(batches))
+        if probe is not None:
+            model = probe.before_step(step, model, (src, tgt_in, src_mask, tgt_mask))
 
         def forward_backward(model):
             with autocast:
@@ -759,7 +856,7 @@ def train(cfg: TrainConfig, data: TaskData | None = None, device: torch.device |
         if on_backward is not None:
             on_backward(step, raw)
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         with torch.no_grad():
