@@ -258,7 +258,15 @@ def _block_n(n: int, element_size: int) -> int:
 #          casts; "triton": one reduction kernel that writes dw and db in their dtype).
 # TUNED holds settings measured on a GPU by tools/kernel_sweep.py (paste its last lines here);
 # OVERRIDES is for settings chosen at run time (a sweep, a page) and wins over TUNED.
-TUNED: dict[tuple[str, int, int], dict] = {}
+# measured by tools/kernel_sweep.py on NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+TUNED: dict[tuple[str, int, int], dict] = {
+    ('fwd', 256, 2): {'BLOCK_M': 16, 'num_warps': 8, 'ROWS': 16},
+    ('bwd', 256, 2): {'BLOCK_M': 32, 'num_warps': 8, 'programs_per_sm': 1, 'reduce': 'triton'},
+    ('fwd', 1024, 2): {'BLOCK_M': 4, 'num_warps': 4, 'ROWS': 4},
+    ('bwd', 1024, 2): {'BLOCK_M': 4, 'num_warps': 4, 'programs_per_sm': 2, 'reduce': 'triton'},
+    ('fwd', 4096, 2): {'BLOCK_M': 2, 'num_warps': 8, 'ROWS': 2},
+    ('bwd', 4096, 2): {'BLOCK_M': 2, 'num_warps': 16, 'programs_per_sm': 1, 'reduce': 'triton'},
+}
 OVERRIDES: dict[tuple[str, int, int], dict] = {}
 
 SETTING_KEYS = {
