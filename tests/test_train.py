@@ -371,6 +371,34 @@ def test_a_failed_capture_is_retried_then_falls_back_to_eager(data, monkeypatch)
     assert result.log[-1]["step"] == 30 and not result.diverged
 
 
+def test_no_autograd_graph_of_an_earlier_step_is_alive_when_the_capture_starts(data, monkeypatch):
+    # A graph kept alive keeps its AccumulateGrad nodes, whose stream a capture must not reuse.
+    import gc
+
+    alive = []
+
+    def stand_in(module, args, **kwargs):
+        gc.collect()
+        alive.extend(o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None)
+        return module
+
+    monkeypatch.setattr(train, "_can_capture", lambda device: True)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", stand_in)
+    cfg = make_config("quick", **TINY, steps=12, cuda_graphs=True, pad_multiple=32, log_interval=6, eval_interval=12)
+    train.train(cfg, data=data, device="cpu")
+    assert alive == []
+
+
+def test_a_run_stopped_by_its_time_budget_after_a_log_record_is_still_evaluated(data):
+    # Every step is logged, none evaluated, so the time budget stops the run just after a log
+    # record; the run's last record must still carry its exact match (a run scored 0 without it).
+    cfg = make_config("quick", **TINY, steps=10**6, time_budget_s=1.5, log_interval=1, eval_interval=10**9)
+    result = train.train(cfg, data=data, device="cpu")
+    assert 1 < result.log[-1]["step"] < 10**6
+    assert result.log[-1]["val_exact_match"] is not None
+    assert len({r["step"] for r in result.log}) == len(result.log)  # no record written twice
+
+
 def test_the_graphed_forward_replays_only_the_captured_shape_with_autograd():
     import contextlib
 

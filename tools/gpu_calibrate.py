@@ -7,6 +7,7 @@ and depth runs side by side in worker processes, long enough to see exact match 
 their throughput together. ``--smoke`` runs it all at toy size on a CPU (the graph path falls back).
 
     python tools/gpu_calibrate.py --out calib.json [--smoke] [--steps 1500] [--workers 4]
+    python tools/gpu_calibrate.py --check-capture   (20 s: does the first capture of a process work?)
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--grid-layers", type=int, default=6)
     ap.add_argument("--deep-layers", type=int, default=12)
+    ap.add_argument("--check-capture", action="store_true",
+                    help="stop after phase 0; exit 1 unless the first capture of a fresh process was kept")
     args = ap.parse_args()
     start = time.perf_counter()
     b = budgets(args.smoke, args.steps)
@@ -74,6 +77,8 @@ def main() -> None:
           f"{graphed.compile_report}", flush=True)
 
     save(report, args.out)
+    if args.check_capture:
+        raise SystemExit(0 if graphed.compile_report.get("decision") == "cuda graphs" else 1)
 
     # Phase 1: each budget alone, 150 steps: the probe times eager and graphed steps of one run.
     for name, budget in b.items():

@@ -785,6 +785,15 @@ def train(cfg: TrainConfig, data: TaskData | None = None, device: torch.device |
     diverged_step = None
     sums = {"loss": run_loss, "correct": run_correct, "count": run_count}
 
+    def evaluate(now: float) -> float:
+        """Exact match on the validation sample (its time is kept out of the training time)."""
+        nonlocal eval_s
+        raw.eval()
+        em = exact_match(raw, val_examples, data.src_vocab, data.tgt_vocab, autocast=autocast)
+        raw.train()
+        eval_s += sync_clock() - now
+        return em
+
     def write_record(evaluate_now: bool) -> float | None:
         """Append one log record (and run an evaluation): everything that waits for the device."""
         nonlocal eval_s
@@ -794,10 +803,7 @@ def train(cfg: TrainConfig, data: TaskData | None = None, device: torch.device |
         count = max(sums["count"].item(), 1.0)
         loss_value = sums["loss"].item() / count
         if evaluate_now and cfg.eval_examples and math.isfinite(loss_value):
-            raw.eval()
-            em = exact_match(raw, val_examples, data.src_vocab, data.tgt_vocab, autocast=autocast)
-            raw.train()
-            eval_s += sync_clock() - now
+            em = evaluate(now)
         log.append({
             "step": step,
             "wall_s": round(time.perf_counter() - start, 3),
@@ -870,6 +876,12 @@ def train(cfg: TrainConfig, data: TaskData | None = None, device: torch.device |
             on_step(step, raw, loss.detach())
         if probe is not None:
             model = probe.after_step(step, model)
+        # Let go of this step's autograd graph now: kept alive into the next step, its
+        # AccumulateGrad nodes (created on the default stream) would be reused by a CUDA-graph
+        # capture on a side stream, which then syncs with the default stream and fails
+        # (torch 2.11 warned of exactly this in the H200 runs whose first capture failed with
+        # cudaErrorStreamCaptureInvalidated; that this removes the failure is not yet measured).
+        del logits, loss
         step += 1
         bar.update(1)
 
@@ -887,6 +899,11 @@ def train(cfg: TrainConfig, data: TaskData | None = None, device: torch.device |
         write_record(True)
         if diverged_step is None and not math.isfinite(log[-1]["loss"]):
             diverged_step = step
+    elif (info.is_main and log and cfg.eval_examples and log[-1]["val_exact_match"] is None
+          and math.isfinite(log[-1]["loss"])):
+        # Stopped by the time budget just after a log record (not an evaluation): evaluate the
+        # final model into that record, so that a run's last record always carries its score.
+        log[-1]["val_exact_match"] = evaluate(sync_clock())
     bar.close()
 
     result = make_result()
