@@ -211,7 +211,15 @@ def test_missing_triton_is_reported(monkeypatch):
         kernels.layer_norm(torch.randn(2, 8), 8)
 
 
-def test_launch_config_heuristics():
+def test_the_committed_tuned_settings_are_valid_and_used():
+    # TUNED is written by tools/kernel_sweep.py; every entry must pass the same checks as an override.
+    for (direction, n, size), setting in kernels.TUNED.items():
+        cfg = kernels.launch_config(n, size, direction)
+        assert all(cfg[k] == v for k, v in setting.items()), (direction, n, size)
+
+
+def test_launch_config_heuristics(monkeypatch):
+    monkeypatch.setattr(kernels, "TUNED", {})
     narrow = kernels.launch_config(256, 4)
     wide = kernels.launch_config(4096, 4)
     assert narrow["BLOCK_N"] == 256 and narrow["BLOCK_M"] == 16
@@ -223,6 +231,7 @@ def test_launch_config_heuristics():
 
 
 def test_launch_config_directions_and_overrides(monkeypatch):
+    monkeypatch.setattr(kernels, "TUNED", {})  # the heuristic itself, whatever a sweep measured
     assert kernels.launch_config(1024, 2)["num_warps"] == 8  # 4 rows x 1024 = 4096 elements, 512 per warp
     with pytest.raises(ValueError, match="direction"):
         kernels.launch_config(256, 4, "sideways")

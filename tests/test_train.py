@@ -375,11 +375,15 @@ def test_no_autograd_graph_of_an_earlier_step_is_alive_when_the_capture_starts(d
     # A graph kept alive keeps its AccumulateGrad nodes, whose stream a capture must not reuse.
     import gc
 
+    def graphs_alive():  # plain tensors that are the output of an autograd graph
+        gc.collect()
+        return {id(o) for o in gc.get_objects() if type(o) is torch.Tensor and o.grad_fn is not None}
+
+    before = graphs_alive()  # left over by other tests, not this run's
     alive = []
 
     def stand_in(module, args, **kwargs):
-        gc.collect()
-        alive.extend(o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None)
+        alive.extend(graphs_alive() - before)
         return module
 
     monkeypatch.setattr(train, "_can_capture", lambda device: True)
