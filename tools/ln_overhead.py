@@ -1,0 +1,136 @@
+"""Where does a Triton LayerNorm call spend its time outside the kernels? (issue #15)
+
+The kernel sweep (tools/results/kernel_sweep_h200.json) timed our kernels alone faster than
+PyTorch's, but a forward plus backward through autograd at 32768 x 256 took 0.59 ms against
+F.layer_norm's 0.25 ms: about 0.5 ms per call outside the kernels. This script splits that
+host-side time, in about 20 s on a GPU:
+
+1. wall time per call, the GPU kept busy (no synchronization inside the loop), of: a bare
+   launch of the forward kernel; ``kernels.layer_norm_forward``; ``kernels.layer_norm`` under
+   ``no_grad``; forward plus backward through autograd; the same for ``F.layer_norm``;
+2. the Python functions that cost the most (cProfile, by own time), over forward plus backward;
+3. ``torch.profiler``'s CPU-side table of the same calls (ATen ops, launches, autograd).
+
+    python3 tools/ln_overhead.py --out "$OUT/ln_overhead.json"      (a CUDA GPU)
+    python3 tools/ln_overhead.py --smoke --out /tmp/ln.json          (CPU, Triton's interpreter)
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import sys
+import time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--out", required=True)
+ap.add_argument("--smoke", action="store_true")
+ap.add_argument("--calls", type=int, default=200)
+ARGS = ap.parse_args()
+if ARGS.smoke:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from resnorm import kernels  # noqa: E402
+
+
+def main() -> int:
+    device = torch.device("cuda" if torch.cuda.is_available() and not ARGS.smoke else "cpu")
+    reason = kernels.unavailable_reason(device)
+    if reason is not None:
+        raise SystemExit(f"the Triton LayerNorm cannot run on {device}: {reason}")
+    m, n = (64, 256) if ARGS.smoke else (32768, 256)
+    dtype = torch.bfloat16
+    calls = 5 if ARGS.smoke else ARGS.calls
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(m, n, generator=g).to(device, dtype).requires_grad_()
+    w = torch.ones(n, device=device, dtype=dtype, requires_grad=True)
+    b = torch.zeros(n, device=device, dtype=dtype, requires_grad=True)
+    dy = torch.randn(m, n, generator=g).to(device, dtype)
+    x2 = x.detach()
+    cfg = kernels.launch_config(n, x2.element_size())
+    y = torch.empty_like(x2)
+    stats = torch.empty((2, m), dtype=torch.float32, device=device)
+    fwd = kernels._kernels()["fwd"]
+    grid = (triton_cdiv(m, cfg["ROWS"]),)
+
+    def bare_launch():
+        fwd[grid](x2, y, w, b, stats[0], stats[1], m, n, x2.stride(0), y.stride(0), 1e-5,
+                  HAS_WEIGHT=True, HAS_BIAS=True, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                  ROWS=cfg["ROWS"], num_warps=cfg["num_warps"])
+
+    def ours_forward_rows():
+        kernels.layer_norm_forward(x2, w.detach(), b.detach(), 1e-5)
+
+    def ours_no_grad():
+        with torch.no_grad():
+            kernels.layer_norm(x, (n,), w, b)
+
+    def ours_fwd_bwd():
+        kernels.layer_norm(x, (n,), w, b).backward(dy)
+
+    def torch_fwd_bwd():
+        F.layer_norm(x, (n,), w, b).backward(dy)
+
+    cases = {"bare forward launch": bare_launch, "kernels.layer_norm_forward": ours_forward_rows,
+             "ours, no_grad": ours_no_grad, "ours, forward + backward": ours_fwd_bwd,
+             "F.layer_norm, forward + backward": torch_fwd_bwd}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreter)",
+              "torch": torch.__version__, "shape": [m, n], "dtype": "bfloat16", "calls": calls, "us_per_call": {}}
+    for _ in range(2):  # two rounds, taking turns: the second is reported
+        for name, fn in cases.items():
+            for _ in range(3):
+                fn()
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            host = time.perf_counter() - t0  # the CPU's time to issue the calls
+            sync()
+            total = time.perf_counter() - t0
+            result["us_per_call"][name] = {"host_us": round(1e6 * host / calls, 1),
+                                           "with_gpu_us": round(1e6 * total / calls, 1)}
+    print(f"{result['device']}, {m} x {n} bf16, {calls} calls each (host: time to issue; with GPU: until done)")
+    for name, t in result["us_per_call"].items():
+        print(f"  {name:<34} host {t['host_us']:>8.1f} us   with GPU {t['with_gpu_us']:>8.1f} us")
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        ours_fwd_bwd()
+    prof.disable()
+    sync()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(15)
+    result["cprofile_tottime_top15"] = text.getvalue()
+    print(text.getvalue()[-3500:])
+
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as p:
+        for _ in range(min(calls, 50)):
+            ours_fwd_bwd()
+        sync()
+    table = p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    result["torch_profiler_top15"] = table
+    print(table)
+    with open(ARGS.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {ARGS.out}")
+    return 0
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
