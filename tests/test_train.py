@@ -326,13 +326,16 @@ def test_the_graph_path_of_the_loop_runs_with_a_stand_in_capture(data, monkeypat
         return module
 
     monkeypatch.setattr(train, "_can_capture", lambda device: True)
+    monkeypatch.setattr(train, "_PRIMED", set())  # a fresh process: its first capture is a throwaway
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", stand_in)
     cfg = make_config("quick", **TINY, steps=30, cuda_graphs=True, pad_multiple=32, log_interval=10,
                       eval_interval=30)
     seen = []
     result = train.train(cfg, data=data, device="cpu", on_backward=lambda step, model: seen.append(step))
     report = result.compile_report
-    assert captured and all(shape[-1] == 32 for shape in captured[0])  # one padded shape, 32 tokens
+    assert len(captured) == 2 and captured[0] == [(32, 64)]  # the priming capture, then the model's
+    assert report["priming_capture"] == "ok"
+    assert all(shape[-1] == 32 for shape in captured[1])  # one padded shape, 32 tokens
     assert report["method"] == "cuda_graphs" and report["capture_s"] is not None
     assert report["eager_ms_per_step"] > 0 and report["graphed_ms_per_step"] > 0
     assert report["decision"] in ("cuda graphs", "eager (cuda graphs steps were not faster)")
@@ -353,12 +356,21 @@ def test_a_failed_capture_is_retried_then_falls_back_to_eager(data, monkeypatch)
         return module
 
     monkeypatch.setattr(train, "_can_capture", lambda device: True)
+    monkeypatch.setattr(train, "_PRIMED", {"cpu"})  # this process has captured before: no priming
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", flaky)
     cfg = make_config("quick", **TINY, steps=30, cuda_graphs=True, pad_multiple=32, log_interval=10,
                       eval_interval=30)
     report = train.train(cfg, data=data, device="cpu").compile_report
     assert report["capture_attempts"] == 2 and "previous error" in report["capture_errors"][0]
+    assert "priming_capture" not in report
+
+    # In a fresh process the throwaway capture meets the first failure, and the model's succeeds.
+    attempts.clear()
+    monkeypatch.setattr(train, "_PRIMED", set())
+    report = train.train(cfg, data=data, device="cpu").compile_report
+    assert "previous error" in report["priming_capture"]
+    assert report["capture_attempts"] == 1 and "capture_errors" not in report
 
     def broken(module, args, **kwargs):
         raise RuntimeError("capture is broken")
