@@ -359,3 +359,22 @@ def test_tuned_defaults_apply_and_overrides_win(monkeypatch):
     cfg = kernels.launch_config(256, 2, "bwd")
     assert cfg["programs_per_sm"] == 2 and cfg["reduce"] == "torch"
     assert kernels.launch_config(256, 2)["ROWS"] == kernels.launch_config(256, 2)["BLOCK_M"]
+
+
+def test_launch_config_is_cached_but_follows_edits_of_the_tables(monkeypatch):
+    monkeypatch.setattr(kernels, "TUNED", {})
+    first = kernels.launch_config(512, 2, "bwd")
+    first["BLOCK_M"] = 999  # the caller's copy: the cache must not change with it
+    assert kernels.launch_config(512, 2, "bwd")["BLOCK_M"] != 999
+    monkeypatch.setitem(kernels.OVERRIDES, ("bwd", 512, 2), {"BLOCK_M": 1})
+    assert kernels.launch_config(512, 2, "bwd")["BLOCK_M"] == 1
+    monkeypatch.setitem(kernels.OVERRIDES, ("bwd", 512, 2), {"BLOCK_M": 3})
+    for _ in range(2):  # a bad setting is refused at every call, not only the first
+        with pytest.raises(ValueError, match="power of two"):
+            kernels.launch_config(512, 2, "bwd")
+
+
+def test_host_ceiling_division_matches_tritons():
+    for a in (0, 1, 31, 32, 33, 32768, 65537):
+        for b in (1, 4, 16, 32):
+            assert kernels._cdiv(a, b) == (a + b - 1) // b

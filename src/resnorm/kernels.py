@@ -293,6 +293,12 @@ def _check_setting(direction: str, setting: dict, where: str) -> None:
         raise ValueError(f"{where}: reduce must be one of {list(REDUCTIONS)}, got {setting['reduce']!r}")
 
 
+def _cdiv(a: int, b: int) -> int:
+    """Ceiling division on the host. (``triton.cdiv`` is a jitted function: called from Python,
+    it goes through Triton's JIT dispatch, about 10 µs a call on a slow CPU, several per LayerNorm.)"""
+    return -(-a // b)
+
+
 def launch_config(n: int, element_size: int, direction: str = "fwd") -> dict:
     """Block sizes, warps and variant for a row of ``n`` features (the heuristics, written down).
 
@@ -307,16 +313,25 @@ def launch_config(n: int, element_size: int, direction: str = "fwd") -> dict:
     """
     if direction not in SETTING_KEYS:
         raise ValueError(f"direction must be 'fwd' or 'bwd', got {direction!r}")
+    key = (direction, n, element_size)
+    # Computed once per shape and setting, not at every call: the entries of the two tables are
+    # part of the cache key, so editing TUNED or OVERRIDES takes effect at the next call.
+    tuned, override = (tuple(sorted(table.get(key, {}).items())) for table in (TUNED, OVERRIDES))
+    return dict(_launch_config(n, element_size, direction, tuned, override))
+
+
+@functools.lru_cache(maxsize=256)
+def _launch_config(n: int, element_size: int, direction: str, tuned: tuple, override: tuple) -> dict:
     block_n = _block_n(n, element_size)
     block_m = max(1, min(16, 4096 // block_n))
     num_warps = min(16, max(1, (block_m * block_n) // 512))
     num_warps = 1 << (num_warps.bit_length() - 1)  # a power of two
     config = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps}
     key = (direction, n, element_size)
-    for table_name, table in (("TUNED", TUNED), ("OVERRIDES", OVERRIDES)):
-        if key in table:
-            _check_setting(direction, table[key], f"kernels.{table_name}[{key}]")
-            config.update(table[key])
+    for table_name, items in (("TUNED", tuned), ("OVERRIDES", override)):
+        if items:
+            _check_setting(direction, dict(items), f"kernels.{table_name}[{key}]")
+            config.update(items)
     if direction == "fwd":
         config.setdefault("ROWS", config["BLOCK_M"])
         if config["ROWS"] < config["BLOCK_M"] or config["ROWS"] % config["BLOCK_M"]:
@@ -347,7 +362,7 @@ def _num_programs_bwd(m: int, block_m: int, device: torch.device, per_sm: int = 
         target = per_sm * _sm_count(device)
     else:  # the interpreter runs programs one after another; a few stripes test the reduction
         target = per_sm
-    return max(1, min(target, triton.cdiv(m, block_m)))
+    return max(1, min(target, _cdiv(m, block_m)))
 
 
 # --------------------------------------------------------------------------- autograd
@@ -368,7 +383,7 @@ def layer_norm_forward(x2: torch.Tensor, weight, bias, eps: float):
     y = torch.empty((m, n), dtype=x2.dtype, device=x2.device)
     stats = torch.empty((2, m), dtype=torch.float32, device=x2.device)  # one allocation for both
     mean, rstd = stats[0], stats[1]
-    _kernels()["fwd"][(triton.cdiv(m, cfg["ROWS"]),)](
+    _kernels()["fwd"][(_cdiv(m, cfg["ROWS"]),)](
         x2, y, weight if weight is not None else x2, bias if bias is not None else x2, mean, rstd,
         m, n, x2.stride(0), y.stride(0), eps,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
@@ -388,8 +403,8 @@ def layer_norm_backward(dy2: torch.Tensor, x2: torch.Tensor, weight, mean, rstd,
     cfg = launch_config(n, x2.element_size(), "bwd")
     block_m = cfg["BLOCK_M"]
     programs = _num_programs_bwd(m, block_m, x2.device, cfg["programs_per_sm"])
-    rows_per_program = triton.cdiv(triton.cdiv(m, programs), block_m) * block_m
-    programs = triton.cdiv(m, rows_per_program)
+    rows_per_program = _cdiv(_cdiv(m, programs), block_m) * block_m
+    programs = _cdiv(m, rows_per_program)
     has_weight = weight is not None
     dx = torch.empty((m, n), dtype=x2.dtype, device=x2.device)
     # One buffer for both partial sums, so that one (deterministic) reduction adds them up.
@@ -408,7 +423,7 @@ def layer_norm_backward(dy2: torch.Tensor, x2: torch.Tensor, weight, mean, rstd,
         # One kernel adds up the partial rows in a fixed order and writes dw, db in their dtype.
         dw = torch.empty(n, dtype=param_dtype, device=x2.device) if has_weight else None
         db = torch.empty(n, dtype=param_dtype, device=x2.device) if has_bias else None
-        k["bwd_reduce"][(triton.cdiv(n, REDUCE_BLOCK_COLS),)](
+        k["bwd_reduce"][(_cdiv(n, REDUCE_BLOCK_COLS),)](
             partial, dw if has_weight else partial, db if has_bias else partial, programs, n,
             HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
             BLOCK_P=REDUCE_BLOCK_P, BLOCK_COLS=REDUCE_BLOCK_COLS, num_warps=4,
