@@ -51,3 +51,24 @@ def test_the_overhead_split_runs(tmp_path):
     run_tool([str(ROOT / "tools/ln_overhead.py"), "--smoke", "--out", str(out)], tmp_path, TRITON_INTERPRET="1")
     result = json.loads(out.read_text())
     assert set(result["us_per_call"]) >= {"ours, forward + backward", "F.layer_norm, forward + backward"}
+
+
+def test_the_gpu_session_script_stops_before_any_run_when_the_environment_is_not_ready(tmp_path):
+    import shutil
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine the environment may well be ready")
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    for name in ("tools", "src"):  # a work tree without .gpu-wheels: nothing to install
+        (tmp_path / name).symlink_to(ROOT / name)
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run(["bash", "tools/gpu_session.sh", "experiments", "performance"], cwd=tmp_path,
+                          env={**os.environ, "OUT": str(out)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "environment is not ready" in done.stdout
+    assert "resnorm.execute" not in done.stdout  # no notebook was started
+    assert not (tmp_path / ".gpu-site").exists() or not any((tmp_path / ".gpu-site").iterdir())
