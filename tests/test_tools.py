@@ -28,6 +28,10 @@ def test_the_capture_check_runs_and_reports(tmp_path):
     # On a CPU the probe falls back and says why; on a GPU the same check must say "cuda graphs".
     assert report["phase0"]["speed"]["decision"] == "eager (CUDA graphs need a CUDA device)"
     assert report["phase0"]["max_relative_loss_difference"] == 0.0
+    # Two runs, each the first of a fresh worker process, as on the experiments page.
+    first = report["phase0_first_runs"]
+    assert len(first) == 2 and all(r["error"] is None for r in first)
+    assert all(r["decision"] == "eager (CUDA graphs need a CUDA device)" for r in first)
 
 
 def test_the_kernel_sweep_writes_a_tuned_table(tmp_path):

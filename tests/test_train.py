@@ -337,6 +337,7 @@ def test_the_graph_path_of_the_loop_runs_with_a_stand_in_capture(data, monkeypat
     assert report["priming_capture"] == "ok"
     assert all(shape[-1] == 32 for shape in captured[1])  # one padded shape, 32 tokens
     assert report["method"] == "cuda_graphs" and report["capture_s"] is not None
+    assert "capture_mode" in report and "stale_stream_override" in report
     assert report["eager_ms_per_step"] > 0 and report["graphed_ms_per_step"] > 0
     assert report["decision"] in ("cuda graphs", "eager (cuda graphs steps were not faster)")
     if report["decision"] == "cuda graphs":
@@ -403,6 +404,67 @@ def test_no_autograd_graph_of_an_earlier_step_is_alive_when_the_capture_starts(d
     cfg = make_config("quick", **TINY, steps=12, cuda_graphs=True, pad_multiple=32, log_interval=6, eval_interval=12)
     train.train(cfg, data=data, device="cpu")
     assert alive == []
+
+
+def test_captures_run_in_thread_local_mode_whichever_way_torch_allows(monkeypatch):
+    # In "global" mode the DataLoader's pin-memory thread can invalidate a capture; the loop
+    # asks for "thread_local", as an argument where torch takes one, else as torch.cuda.graph's default.
+    seen = {}
+
+    def with_argument(module, sample, allow_unused_input=False, capture_error_mode="global"):
+        seen["argument"] = capture_error_mode
+        return module
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", with_argument)
+    report = {}
+    train._make_graphed(torch.nn.Linear(2, 2), (torch.ones(1, 2),), report)
+    assert seen["argument"] == "thread_local" and report["capture_mode"] == "thread_local (argument)"
+
+    class RecordingGraph:  # stands in for torch.cuda.graph, which needs a GPU to construct
+        def __init__(self, cuda_graph, pool=None, stream=None, capture_error_mode="global"):
+            seen["graph"] = capture_error_mode
+
+    def without_argument(module, sample, allow_unused_input=False):
+        torch.cuda.graph(object(), pool=None)  # as make_graphed_callables opens its captures
+        return module
+
+    monkeypatch.setattr(torch.cuda, "graph", RecordingGraph)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", without_argument)
+    report = {}
+    train._make_graphed(torch.nn.Linear(2, 2), (torch.ones(1, 2),), report)
+    assert seen["graph"] == "thread_local"
+    assert report["capture_mode"] == "thread_local (lent to torch.cuda.graph)"
+    assert torch.cuda.graph is RecordingGraph  # given back after the call
+    torch.cuda.graph(object())
+    assert seen["graph"] == "global"
+
+
+def test_the_installed_torch_opens_its_captures_with_torch_cuda_graph():
+    # Lending the mode works only if make_graphed_callables looks torch.cuda.graph up when it
+    # captures; if a torch release changes that (or takes the argument), this test says so.
+    import inspect
+
+    make = torch.cuda.make_graphed_callables
+    takes_argument = "capture_error_mode" in inspect.signature(make).parameters
+    assert takes_argument or "torch.cuda.graph(" in inspect.getsource(make)
+
+
+def test_stale_streams_are_overridden_during_a_capture_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.autograd.graph, "set_override_stale_capture_stream", calls.append, raising=False)
+
+    def capture(module, sample, **kwargs):
+        calls.append("capture")
+        return module
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", capture)
+    report = {}
+    train._make_graphed(torch.nn.Linear(2, 2), (torch.ones(1, 2),), report)
+    assert calls == [True, "capture", False] and report["stale_stream_override"] is True
+    monkeypatch.delattr(torch.autograd.graph, "set_override_stale_capture_stream")
+    report = {}
+    train._make_graphed(torch.nn.Linear(2, 2), (torch.ones(1, 2),), report)
+    assert report["stale_stream_override"] is False
 
 
 def test_a_run_stopped_by_its_time_budget_after_a_log_record_is_still_evaluated(data):

@@ -556,6 +556,87 @@ def _dynamo_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+CAPTURE_ERROR_MODE = "thread_local"
+
+
+def _lend_capture_mode(mode: str):
+    """Make ``torch.cuda.graph`` default to ``capture_error_mode=mode`` for the ``with`` block.
+
+    For versions of torch whose ``make_graphed_callables`` has no ``capture_error_mode``
+    argument: it opens ``torch.cuda.graph(...)`` without one, so the captures take the class's
+    default ("global"). Returns a context manager (a no-op where the source shows no such call).
+    """
+    import contextlib
+    import inspect
+
+    try:
+        uses_graph = "torch.cuda.graph(" in inspect.getsource(torch.cuda.make_graphed_callables)
+    except (OSError, TypeError):  # no source (a stand-in in the tests, a frozen install)
+        uses_graph = True
+    if not uses_graph:
+        return contextlib.nullcontext(False)
+
+    @contextlib.contextmanager
+    def lent():
+        original = torch.cuda.graph
+
+        class graph(original):  # the same class, another default
+            def __init__(self, *args, **kwargs):
+                kwargs.setdefault("capture_error_mode", mode)
+                super().__init__(*args, **kwargs)
+
+        torch.cuda.graph = graph
+        try:
+            yield True
+        finally:
+            torch.cuda.graph = original
+
+    return lent()
+
+
+def _make_graphed(module: nn.Module, sample: tuple, report: dict | None = None):
+    """``torch.cuda.make_graphed_callables`` with the capture settings this loop needs.
+
+    * ``capture_error_mode="thread_local"``: in the default "global" mode, a CUDA call that CUDA
+      deems unsafe during a capture, made by *any* thread of the process, invalidates the
+      capture. The DataLoader's pin-memory thread makes such calls (``cudaHostAlloc`` when it
+      needs a new pinned buffer), so a capture taken while it stages the next batch dies with
+      ``cudaErrorStreamCaptureInvalidated``. That is the likely cause (not yet confirmed on a
+      GPU) of the failed first capture of every fresh worker process on the H200: later runs in
+      a process would find its pinned buffers cached. "thread_local" restricts only the
+      capturing thread; PyTorch's ``torch.cuda.graph`` documents the mode for this case. Where
+      ``make_graphed_callables`` takes no ``capture_error_mode`` (torch 2.13, for one), the
+      mode is lent to ``torch.cuda.graph`` for the duration of the call.
+    * ``torch.autograd.graph.set_override_stale_capture_stream(True)`` where it exists: an
+      AccumulateGrad node left from an eager step still names the default stream, and the
+      capture's backward would make that stream wait, which invalidates the capture; with the
+      override, autograd uses the capturing stream instead (the loop also frees each step's graph).
+    * ``allow_unused_input=True``: a variant's unused parameter (say, a gain it never applies)
+      gets no gradient.
+
+    What was set goes into ``report`` (``capture_mode``, ``stale_stream_override``).
+    """
+    import contextlib
+    import inspect
+
+    kwargs: dict = {"allow_unused_input": True}
+    with contextlib.ExitStack() as stack:
+        if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters:
+            kwargs["capture_error_mode"] = CAPTURE_ERROR_MODE
+            mode = f"{CAPTURE_ERROR_MODE} (argument)"
+        else:
+            lent = stack.enter_context(_lend_capture_mode(CAPTURE_ERROR_MODE))
+            mode = f"{CAPTURE_ERROR_MODE} (lent to torch.cuda.graph)" if lent else "global (torch's default)"
+        override = getattr(torch.autograd.graph, "set_override_stale_capture_stream", None)
+        if override is not None:
+            override(True)
+            stack.callback(override, False)  # the process-initial state
+        if report is not None:
+            report["capture_mode"] = mode
+            report["stale_stream_override"] = override is not None
+        return torch.cuda.make_graphed_callables(module, sample, **kwargs)
+
+
 _PRIMED: set = set()  # devices on which this process has made its first CUDA-graph capture
 
 
@@ -571,7 +652,7 @@ def _prime_capture(device: torch.device, autocast) -> str | None:
     sample = torch.randn(32, 64, device=device, requires_grad=True)
     try:
         with autocast:
-            graphed = torch.cuda.make_graphed_callables(module, (sample,))
+            graphed = _make_graphed(module, (sample,))
         graphed(sample).float().sum().backward()
         return "ok"
     except Exception as err:  # noqa: BLE001 - reported; the real capture follows either way
@@ -605,10 +686,9 @@ class _GraphedForward:
     pass a stand-in to check the dispatch on a CPU.
     """
 
-    def __init__(self, model: nn.Module, sample: tuple, autocast, capture=None):
-        if capture is None:  # a variant's unused parameter (say, a gain it never applies) gets no gradient
-            capture = lambda module, args: torch.cuda.make_graphed_callables(  # noqa: E731
-                module, args, allow_unused_input=True)
+    def __init__(self, model: nn.Module, sample: tuple, autocast, capture=None, report: dict | None = None):
+        if capture is None:
+            capture = lambda module, args: _make_graphed(module, args, report)  # noqa: E731
         self.model = model
         self.shapes = [tuple(t.shape) for t in sample]
         with autocast:  # mixed precision inside the graph (its cast cache must be disabled)
@@ -677,19 +757,21 @@ class _SpeedProbe:
             self.report["decision"] = "eager (CUDA graphs need a CUDA device)"
             self.eager_model = None
             return model
-        # Measured on an H200 (torch 2.11): in every fresh process, the first run's capture failed
-        # with cudaErrorStreamCaptureInvalidated, three attempts in a row, and the captures of all
-        # later runs in the same process succeeded. Two remedies, neither measured yet: the loop
-        # frees each step's autograd graph before the next (see `del logits, loss`), and the
-        # process's first capture is a throwaway one of a tiny module (_prime_capture), in case
-        # what fails is a first capture as such. A failed capture is still tried again (the
-        # errors are kept in the report) before the run falls back to eager steps.
+        # Measured on an H200 (torch 2.11): in every fresh worker process, the first run's capture
+        # failed with cudaErrorStreamCaptureInvalidated, three attempts in a row, and the captures
+        # of all later runs in the same process succeeded. Remedies, none measured yet: captures
+        # in "thread_local" mode, so that the pin-memory thread cannot invalidate them, and with
+        # stale streams overridden where torch can (_make_graphed); the loop frees each step's
+        # autograd graph before the next (see `del logits, loss`); and the process's first
+        # capture is a throwaway one of a tiny module (_prime_capture), in case what fails is a
+        # first capture as such. A failed capture is tried again (the errors are kept in the
+        # report) before the run falls back to eager steps.
         priming = _prime_capture(self.device, self.autocast)
         if priming is not None:
             self.report["priming_capture"] = priming
         for attempt in range(1, self.CAPTURE_ATTEMPTS + 1):
             try:
-                self.graphed = _GraphedForward(model, sample, self.autocast)
+                self.graphed = _GraphedForward(model, sample, self.autocast, report=self.report)
             except Exception as err:  # noqa: BLE001 - a capture failure: report it, retry, then train eagerly
                 self.report.setdefault("capture_errors", []).append(f"{type(err).__name__}: {str(err)[:160]}")
                 if attempt == self.CAPTURE_ATTEMPTS:
