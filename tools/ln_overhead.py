@@ -5,9 +5,12 @@ PyTorch's, but a forward plus backward through autograd at 32768 x 256 took 0.59
 F.layer_norm's 0.25 ms: about 0.5 ms per call outside the kernels. This script splits that
 host-side time, in about 20 s on a GPU:
 
-1. wall time per call, the GPU kept busy (no synchronization inside the loop), of: a bare
-   launch of the forward kernel; ``kernels.layer_norm_forward``; ``kernels.layer_norm`` under
-   ``no_grad``; forward plus backward through autograd; the same for ``F.layer_norm``;
+1. wall time per call, the GPU kept busy (no synchronization inside the loop), of: the forward
+   kernel launched directly (the compiled kernel, without Triton's JIT dispatch, where this
+   Triton allows it); a bare launch of the forward kernel (through the dispatch);
+   ``kernels.layer_norm_forward``; ``kernels.layer_norm`` under ``no_grad``; forward plus
+   backward through autograd; the same for ``F.layer_norm``; and a Python autograd Function
+   that launches nothing (autograd's own cost, the gradient accumulation included);
 2. the Python functions that cost the most (cProfile, by own time), over forward plus backward;
 3. ``torch.profiler``'s CPU-side table of the same calls (ATen ops, launches, autograd).
 
@@ -65,6 +68,40 @@ def main() -> int:
                   HAS_WEIGHT=True, HAS_BIAS=True, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                   ROWS=cfg["ROWS"], num_warps=cfg["num_warps"])
 
+    # Triton's JIT dispatch (argument binding, specialization, cache lookup) runs at every
+    # launch; JITFunction.run returns the compiled kernel, which can be launched directly. If
+    # this Triton's launcher takes other arguments, or the result differs, the case is skipped.
+    direct_error = None
+    try:
+        compiled = fwd[grid](x2, y, w, b, stats[0], stats[1], m, n, x2.stride(0), y.stride(0), 1e-5,
+                             HAS_WEIGHT=True, HAS_BIAS=True, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                             ROWS=cfg["ROWS"], num_warps=cfg["num_warps"])
+        expected = y.clone()
+        y.zero_()
+        runner = compiled[grid]  # every parameter in order, the compile-time constants included
+        args = (x2, y, w, b, stats[0], stats[1], m, n, x2.stride(0), y.stride(0), 1e-5,
+                True, True, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["ROWS"])
+        runner(*args)
+        if not torch.equal(y, expected):
+            raise RuntimeError("the direct launch computed another result")
+    except Exception as err:  # noqa: BLE001 - a diagnostic: say why and go on
+        direct_error = f"{type(err).__name__}: {str(err)[:200]}"
+
+    def direct_launch():
+        runner(*args)
+
+    class NoOp(torch.autograd.Function):  # autograd's cost for a Python Function, no kernels of ours
+        @staticmethod
+        def forward(ctx, x, w, b):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, None, None
+
+    def noop_function_fwd_bwd():
+        NoOp.apply(x, w, b).backward(dy)
+
     def ours_forward_rows():
         kernels.layer_norm_forward(x2, w.detach(), b.detach(), 1e-5)
 
@@ -80,10 +117,14 @@ def main() -> int:
 
     cases = {"bare forward launch": bare_launch, "kernels.layer_norm_forward": ours_forward_rows,
              "ours, no_grad": ours_no_grad, "ours, forward + backward": ours_fwd_bwd,
-             "F.layer_norm, forward + backward": torch_fwd_bwd}
+             "F.layer_norm, forward + backward": torch_fwd_bwd,
+             "no-op Function, forward + backward": noop_function_fwd_bwd}
+    if direct_error is None:
+        cases = {"direct forward launch (compiled kernel)": direct_launch, **cases}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreter)",
-              "torch": torch.__version__, "shape": [m, n], "dtype": "bfloat16", "calls": calls, "us_per_call": {}}
+              "torch": torch.__version__, "shape": [m, n], "dtype": "bfloat16", "calls": calls, "us_per_call": {},
+              "direct_launch_error": direct_error}
     for _ in range(2):  # two rounds, taking turns: the second is reported
         for name, fn in cases.items():
             for _ in range(3):
@@ -98,8 +139,10 @@ def main() -> int:
             result["us_per_call"][name] = {"host_us": round(1e6 * host / calls, 1),
                                            "with_gpu_us": round(1e6 * total / calls, 1)}
     print(f"{result['device']}, {m} x {n} bf16, {calls} calls each (host: time to issue; with GPU: until done)")
+    if direct_error is not None:
+        print(f"  (no direct launch: {direct_error})")
     for name, t in result["us_per_call"].items():
-        print(f"  {name:<34} host {t['host_us']:>8.1f} us   with GPU {t['with_gpu_us']:>8.1f} us")
+        print(f"  {name:<40} host {t['host_us']:>8.1f} us   with GPU {t['with_gpu_us']:>8.1f} us")
 
     prof = cProfile.Profile()
     prof.enable()
