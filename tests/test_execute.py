@@ -25,6 +25,10 @@ def test_executor_writes_outputs_and_a_correct_stamp(make_notebook):
     assert stamps.STAMP_TAG in nb["cells"][1]["metadata"]["tags"]
     assert "quick mode" in "".join(nb["cells"][1]["source"])
     assert stamps.check_notebook(path) == []
+    # seconds per code cell, for sizing a page's plan; nbclient's own timestamps are not kept
+    timings = nb["metadata"]["resnorm"]["cell_wall_s"]
+    assert len(timings) == 2 and all(t is not None and 0 <= t < saved["wall_s"] + 1 for t in timings)
+    assert all("execution" not in c["metadata"] for c in code)
 
 
 def test_re_execution_replaces_the_stamp_instead_of_adding_one(make_notebook):

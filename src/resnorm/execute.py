@@ -70,6 +70,11 @@ def insert_stamp(nb, stamp: dict) -> None:
     nb.metadata.setdefault(stamps.METADATA_KEY, {})["stamp"] = stamp
 
 
+def _parse_time(text: str) -> dt.datetime:
+    """nbclient's ISO timestamps ("2026-11-26T10:00:00.123456Z")."""
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def execute_notebook(path: str | Path, mode: str, timeout: int = DEFAULT_CELL_TIMEOUT_S, kernel_name: str = "python3") -> dict:
     """Execute ``path`` in place and return its stamp. Raises on a failing cell (the file is left untouched)."""
     import nbformat
@@ -95,7 +100,7 @@ def execute_notebook(path: str | Path, mode: str, timeout: int = DEFAULT_CELL_TI
             timeout=timeout,
             kernel_name=kernel_name,
             resources={"metadata": {"path": str(path.parent.resolve())}},
-            record_timing=False,
+            record_timing=True,  # read into cell_wall_s below, then dropped from the cells
             # nbclient must track widget state while it runs: with store_widget_state=False an
             # Output widget that prints (ipywidgets.interact does) raises KeyError inside
             # nbclient (0.11) and the cell never finishes. The state is dropped below instead.
@@ -109,6 +114,16 @@ def execute_notebook(path: str | Path, mode: str, timeout: int = DEFAULT_CELL_TI
             os.environ.pop(MODE_ENV, None)
         else:
             os.environ[MODE_ENV] = previous
+    # Seconds per code cell, in order: where a page's time goes, for sizing the next run's plan.
+    # (Kept in the notebook's metadata; the per-cell timestamps nbclient wrote are removed.)
+    cell_wall_s = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        times = cell.metadata.pop("execution", {})
+        began, ended = times.get("iopub.execute_input"), times.get("shell.execute_reply")
+        cell_wall_s.append(round((_parse_time(ended) - _parse_time(began)).total_seconds(), 2)
+                           if began and ended else None)
     stamp = {
         **facts,
         "mode": mode,
@@ -122,6 +137,7 @@ def execute_notebook(path: str | Path, mode: str, timeout: int = DEFAULT_CELL_TI
     # (_static/resnorm.css); chapters draw a static figure of the widget's initial state.
     nb.metadata.pop("widgets", None)
     insert_stamp(nb, stamp)
+    nb.metadata[stamps.METADATA_KEY]["cell_wall_s"] = cell_wall_s
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nbformat.write(nb, path)
     return stamp
