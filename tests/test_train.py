@@ -439,6 +439,20 @@ def test_captures_run_in_thread_local_mode_whichever_way_torch_allows(monkeypatc
     assert seen["graph"] == "global"
 
 
+def test_warnings_raised_during_a_capture_go_into_the_report(monkeypatch):
+    import warnings
+
+    def noisy(module, sample, **kwargs):
+        warnings.warn("The AccumulateGrad node's stream does not match", UserWarning)
+        raise RuntimeError("operation failed due to a previous error during capture")
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", noisy)
+    report = {}
+    with pytest.raises(RuntimeError, match="previous error"):
+        train._make_graphed(torch.nn.Linear(2, 2), (torch.ones(1, 2),), report)
+    assert report["capture_warnings"] == ["UserWarning: The AccumulateGrad node's stream does not match"]
+
+
 def test_the_installed_torch_opens_its_captures_with_torch_cuda_graph():
     # Lending the mode works only if make_graphed_callables looks torch.cuda.graph up when it
     # captures; if a torch release changes that (or takes the argument), this test says so.

@@ -7,6 +7,7 @@
 # $OUT as soon as they exist:
 #   training     the training chapter (and the GPU checkpoint)          330 s
 #   experiments  the first-capture check, then the experiments chapter   60 + 400 s
+#                (CUDA's own error messages during the check go to $OUT/cuda_errors.log)
 #   overhead     where a Triton LayerNorm call spends its host time       90 s
 #   sweep        the kernel sweep, written into kernels.TUNED            90 s
 #   performance  the performance chapter (after sweep, if both)         150 s
@@ -38,7 +39,11 @@ for part in "$@"; do
             step 330 python3 -m resnorm.execute --mode full book/training.ipynb --copy-to "$OUT" || status=1
             cp src/resnorm/checkpoints/numbers_zh_en_gpu.pt "$OUT"/ ;;
         experiments)
-            step 60 python3 tools/gpu_calibrate.py --check-capture --out "$OUT/capture.json" \
+            # CUDA (12.9 and later) writes why an API call failed into CUDA_LOG_FILE: the cause
+            # of a failed capture (which call, from which thread), where torch only says
+            # "operation failed due to a previous error during capture".
+            CUDA_LOG_FILE="$OUT/cuda_errors.log" step 60 python3 tools/gpu_calibrate.py --check-capture \
+                --out "$OUT/capture.json" \
                 || echo "the first CUDA-graph capture of a fresh process was not kept: expect slower runs"
             step 400 python3 -m resnorm.execute --mode full book/experiments.ipynb --copy-to "$OUT" || status=1 ;;
         overhead)

@@ -597,27 +597,34 @@ def _lend_capture_mode(mode: str):
 def _make_graphed(module: nn.Module, sample: tuple, report: dict | None = None):
     """``torch.cuda.make_graphed_callables`` with the capture settings this loop needs.
 
+    On an H200 (torch 2.11) the first capture of every fresh process failed with
+    ``cudaErrorStreamCaptureInvalidated``, and every later capture in the same process worked;
+    that was seen with and without a DataLoader in the process (the calibration's first check
+    had none). The cause is not known yet. This function guards against the two known ways a
+    capture in this loop can be invalidated by something outside it; ``_prime_capture`` guards
+    against a one-off initialization inside a process's first capture.
+
     * ``capture_error_mode="thread_local"``: in the default "global" mode, a CUDA call that CUDA
       deems unsafe during a capture, made by *any* thread of the process, invalidates the
       capture. The DataLoader's pin-memory thread makes such calls (``cudaHostAlloc`` when it
-      needs a new pinned buffer), so a capture taken while it stages the next batch dies with
-      ``cudaErrorStreamCaptureInvalidated``. That is the likely cause (not yet confirmed on a
-      GPU) of the failed first capture of every fresh worker process on the H200: later runs in
-      a process would find its pinned buffers cached. "thread_local" restricts only the
-      capturing thread; PyTorch's ``torch.cuda.graph`` documents the mode for this case. Where
-      ``make_graphed_callables`` takes no ``capture_error_mode`` (torch 2.13, for one), the
-      mode is lent to ``torch.cuda.graph`` for the duration of the call.
+      needs a new pinned buffer) while it stages the next batch. "thread_local" restricts only
+      the capturing thread; PyTorch's ``torch.cuda.graph`` documents the mode for this case.
+      Where ``make_graphed_callables`` takes no ``capture_error_mode`` (torch 2.13, for one),
+      the mode is lent to ``torch.cuda.graph`` for the duration of the call.
     * ``torch.autograd.graph.set_override_stale_capture_stream(True)`` where it exists: an
       AccumulateGrad node left from an eager step still names the default stream, and the
       capture's backward would make that stream wait, which invalidates the capture; with the
-      override, autograd uses the capturing stream instead (the loop also frees each step's graph).
+      override, autograd uses the capturing stream instead (the loop also frees each step's
+      graph; torch 2.11 warned of such a node in the H200 runs).
     * ``allow_unused_input=True``: a variant's unused parameter (say, a gain it never applies)
       gets no gradient.
 
-    What was set goes into ``report`` (``capture_mode``, ``stale_stream_override``).
+    What was set goes into ``report`` (``capture_mode``, ``stale_stream_override``), with the
+    warnings raised during the capture (``capture_warnings``), which name such causes.
     """
     import contextlib
     import inspect
+    import warnings
 
     kwargs: dict = {"allow_unused_input": True}
     with contextlib.ExitStack() as stack:
@@ -634,7 +641,17 @@ def _make_graphed(module: nn.Module, sample: tuple, report: dict | None = None):
         if report is not None:
             report["capture_mode"] = mode
             report["stale_stream_override"] = override is not None
-        return torch.cuda.make_graphed_callables(module, sample, **kwargs)
+        caught = stack.enter_context(warnings.catch_warnings(record=True))
+        warnings.simplefilter("always")
+        try:
+            return torch.cuda.make_graphed_callables(module, sample, **kwargs)
+        finally:
+            if report is not None and caught:
+                seen = report.setdefault("capture_warnings", [])
+                for w in caught:
+                    text = f"{w.category.__name__}: {str(w.message)[:200]}"
+                    if text not in seen and len(seen) < 5:
+                        seen.append(text)
 
 
 _PRIMED: set = set()  # devices on which this process has made its first CUDA-graph capture
@@ -757,15 +774,15 @@ class _SpeedProbe:
             self.report["decision"] = "eager (CUDA graphs need a CUDA device)"
             self.eager_model = None
             return model
-        # Measured on an H200 (torch 2.11): in every fresh worker process, the first run's capture
-        # failed with cudaErrorStreamCaptureInvalidated, three attempts in a row, and the captures
-        # of all later runs in the same process succeeded. Remedies, none measured yet: captures
-        # in "thread_local" mode, so that the pin-memory thread cannot invalidate them, and with
-        # stale streams overridden where torch can (_make_graphed); the loop frees each step's
-        # autograd graph before the next (see `del logits, loss`); and the process's first
-        # capture is a throwaway one of a tiny module (_prime_capture), in case what fails is a
-        # first capture as such. A failed capture is tried again (the errors are kept in the
-        # report) before the run falls back to eager steps.
+        # Measured on an H200 (torch 2.11): in every fresh process, the first run's capture failed
+        # with cudaErrorStreamCaptureInvalidated, three attempts in a row, and the captures of all
+        # later runs in the same process succeeded; the cause is not known. Remedies, none
+        # measured yet: the process's first capture is a throwaway one of a tiny module
+        # (_prime_capture), in case what fails is a first capture as such; captures run in
+        # "thread_local" mode and with stale streams overridden where torch can (_make_graphed);
+        # and the loop frees each step's autograd graph before the next (`del logits, loss`).
+        # A failed capture is tried again (errors and warnings are kept in the report) before
+        # the run falls back to eager steps.
         priming = _prime_capture(self.device, self.autocast)
         if priming is not None:
             self.report["priming_capture"] = priming
