@@ -8,7 +8,9 @@ host-side time, in about 20 s on a GPU:
 1. wall time per call, the GPU kept busy (no synchronization inside the loop), of: the forward
    kernel launched directly (the compiled kernel, without Triton's JIT dispatch, where this
    Triton allows it); a bare launch of the forward kernel (through the dispatch);
-   ``kernels.layer_norm_forward``; ``kernels.layer_norm`` under ``no_grad``; forward plus
+   ``kernels.layer_norm_forward``; ``kernels.layer_norm_backward`` called from the main thread
+   (through autograd it runs on autograd's device thread); ``kernels.layer_norm`` under
+   ``no_grad``; forward plus
    backward through autograd; the same for ``F.layer_norm``; and a Python autograd Function
    that launches nothing (autograd's own cost, the gradient accumulation included);
 2. the Python functions that cost the most (cProfile, by own time), over forward plus backward;
@@ -105,6 +107,11 @@ def main() -> int:
     def ours_forward_rows():
         kernels.layer_norm_forward(x2, w.detach(), b.detach(), 1e-5)
 
+    _, saved_mean, saved_rstd = kernels.layer_norm_forward(x2, w.detach(), b.detach(), 1e-5)
+
+    def ours_backward_rows():  # the backward's launches from this (the main) thread, no autograd
+        kernels.layer_norm_backward(dy, x2, w.detach(), saved_mean, saved_rstd, True)
+
     def ours_no_grad():
         with torch.no_grad():
             kernels.layer_norm(x, (n,), w, b)
@@ -116,7 +123,7 @@ def main() -> int:
         F.layer_norm(x, (n,), w, b).backward(dy)
 
     cases = {"bare forward launch": bare_launch, "kernels.layer_norm_forward": ours_forward_rows,
-             "ours, no_grad": ours_no_grad, "ours, forward + backward": ours_fwd_bwd,
+             "kernels.layer_norm_backward": ours_backward_rows, "ours, no_grad": ours_no_grad, "ours, forward + backward": ours_fwd_bwd,
              "F.layer_norm, forward + backward": torch_fwd_bwd,
              "no-op Function, forward + backward": noop_function_fwd_bwd}
     if direct_error is None:
