@@ -10,9 +10,9 @@ host-side time, in about 20 s on a GPU:
    Triton allows it); a bare launch of the forward kernel (through the dispatch);
    ``kernels.layer_norm_forward``; ``kernels.layer_norm_backward`` called from the main thread
    (through autograd it runs on autograd's device thread); ``kernels.layer_norm`` under
-   ``no_grad``; forward plus
-   backward through autograd; the same for ``F.layer_norm``; and a Python autograd Function
-   that launches nothing (autograd's own cost, the gradient accumulation included);
+   ``no_grad``; forward plus backward through autograd; the same for ``F.layer_norm``; and a
+   Python autograd Function that launches nothing (autograd's own cost, the gradient
+   accumulation included);
 2. the Python functions that cost the most (cProfile, by own time), over forward plus backward;
 3. ``torch.profiler``'s CPU-side table of the same calls (ATen ops, launches, autograd).
 
