@@ -425,14 +425,15 @@ def test_captures_run_in_thread_local_mode_whichever_way_torch_allows(monkeypatc
             seen["graph"] = capture_error_mode
 
     def without_argument(module, sample, allow_unused_input=False):
-        torch.cuda.graph(object(), pool=None)  # as make_graphed_callables opens its captures
+        made = torch.cuda.graph(object(), pool=None)  # as make_graphed_callables opens its captures
+        seen["class"] = type(made)  # torch.cuda.graph's own class: it keeps one capture stream per class
         return module
 
     monkeypatch.setattr(torch.cuda, "graph", RecordingGraph)
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", without_argument)
     report = {}
     train._make_graphed(torch.nn.Linear(2, 2), (torch.ones(1, 2),), report)
-    assert seen["graph"] == "thread_local"
+    assert seen["graph"] == "thread_local" and seen["class"] is RecordingGraph
     assert report["capture_mode"] == "thread_local (lent to torch.cuda.graph)"
     assert torch.cuda.graph is RecordingGraph  # given back after the call
     torch.cuda.graph(object())

@@ -580,10 +580,11 @@ def _lend_capture_mode(mode: str):
     def lent():
         original = torch.cuda.graph
 
-        class graph(original):  # the same class, another default
-            def __init__(self, *args, **kwargs):
-                kwargs.setdefault("capture_error_mode", mode)
-                super().__init__(*args, **kwargs)
+        # A function, not a subclass: the object it makes is torch.cuda.graph itself, so that it
+        # shares the class's one capture stream (a subclass would make a stream of its own).
+        def graph(*args, **kwargs):
+            kwargs.setdefault("capture_error_mode", mode)
+            return original(*args, **kwargs)
 
         torch.cuda.graph = graph
         try:
