@@ -29,6 +29,7 @@ def test_executor_writes_outputs_and_a_correct_stamp(make_notebook):
     timings = nb["metadata"]["resnorm"]["cell_wall_s"]
     assert len(timings) == 2 and all(t is not None and 0 <= t < saved["wall_s"] + 1 for t in timings)
     assert all("execution" not in c["metadata"] for c in code)
+    assert execute.slowest_cells(path, count=1).startswith("code cell ")
 
 
 def test_re_execution_replaces_the_stamp_instead_of_adding_one(make_notebook):

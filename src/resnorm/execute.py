@@ -70,6 +70,15 @@ def insert_stamp(nb, stamp: dict) -> None:
     nb.metadata.setdefault(stamps.METADATA_KEY, {})["stamp"] = stamp
 
 
+def slowest_cells(path: str | Path, count: int = 3) -> str:
+    """The ``count`` slowest code cells of an executed notebook, e.g. "code cell 4: 190.2 s, ..."."""
+    import json
+
+    timings = json.loads(Path(path).read_text()).get("metadata", {}).get(stamps.METADATA_KEY, {}).get("cell_wall_s", [])
+    timed = sorted(((t, i) for i, t in enumerate(timings, 1) if t is not None), reverse=True)[:count]
+    return ", ".join(f"code cell {i}: {t:.1f} s" for t, i in timed) or "no timings"
+
+
 def _parse_time(text: str) -> dt.datetime:
     """nbclient's ISO timestamps ("2026-11-26T10:00:00.123456Z")."""
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -174,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED {nb_path}: {type(exc).__name__}: {str(exc)[-3000:]}", file=sys.stderr, flush=True)
             continue
         print(f"  {stamps.stamp_line(stamp)}", flush=True)
+        print(f"  slowest cells: {slowest_cells(nb_path)}", flush=True)
         budget = GPU_CHAPTERS.get(Path(nb_path).as_posix()) if mode == "full" else None
         if budget is not None:
             from . import goals
