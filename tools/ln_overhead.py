@@ -10,10 +10,12 @@ host-side time, in about 20 s on a GPU:
    Triton allows it); a bare launch of the forward kernel (through the dispatch);
    ``kernels.layer_norm_forward``; ``kernels.layer_norm_backward`` called from the main thread
    (through autograd it runs on autograd's device thread); ``kernels.layer_norm`` under
-   ``no_grad``; forward plus backward through autograd; the same for ``F.layer_norm``; and a
+   ``no_grad``; forward plus backward through autograd, with the backward on autograd's device
+   thread (as in training) and in the calling thread; the same for ``F.layer_norm``; and a
    Python autograd Function that launches nothing (autograd's own cost, the gradient
    accumulation included);
-2. the Python functions that cost the most (cProfile, by own time), over forward plus backward;
+2. the Python functions that cost the most (cProfile, by own time), over forward plus backward
+   (the backward in the calling thread, where cProfile sees it);
 3. ``torch.profiler``'s CPU-side table of the same calls (ATen ops, launches, autograd).
 
     python3 tools/ln_overhead.py --out "$OUT/ln_overhead.json"      (a CUDA GPU)
@@ -119,11 +121,16 @@ def main() -> int:
     def ours_fwd_bwd():
         kernels.layer_norm(x, (n,), w, b).backward(dy)
 
+    def ours_fwd_bwd_one_thread():  # the backward in this thread, not on autograd's device thread
+        with torch.autograd.set_multithreading_enabled(False):
+            kernels.layer_norm(x, (n,), w, b).backward(dy)
+
     def torch_fwd_bwd():
         F.layer_norm(x, (n,), w, b).backward(dy)
 
     cases = {"bare forward launch": bare_launch, "kernels.layer_norm_forward": ours_forward_rows,
              "kernels.layer_norm_backward": ours_backward_rows, "ours, no_grad": ours_no_grad, "ours, forward + backward": ours_fwd_bwd,
+             "ours, forward + backward, one thread": ours_fwd_bwd_one_thread,
              "F.layer_norm, forward + backward": torch_fwd_bwd,
              "no-op Function, forward + backward": noop_function_fwd_bwd}
     if direct_error is None:
@@ -151,10 +158,11 @@ def main() -> int:
     for name, t in result["us_per_call"].items():
         print(f"  {name:<40} host {t['host_us']:>8.1f} us   with GPU {t['with_gpu_us']:>8.1f} us")
 
+    # cProfile sees only the thread that enables it: the backward runs in this thread here.
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(calls):
-        ours_fwd_bwd()
+        ours_fwd_bwd_one_thread()
     prof.disable()
     sync()
     text = io.StringIO()
