@@ -76,3 +76,49 @@ def test_the_gpu_session_script_stops_before_any_run_when_the_environment_is_not
     assert "environment is not ready" in done.stdout
     assert "resnorm.execute" not in done.stdout  # no notebook was started
     assert not (tmp_path / ".gpu-site").exists() or not any((tmp_path / ".gpu-site").iterdir())
+
+
+def _pending_edits():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pending_edits", ROOT / "tools/pending_edits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("page", sorted(_pending_edits().PENDING))
+def test_every_pending_gpu_edit_still_applies_and_leaves_valid_python(page):
+    """An edit waiting for a GPU run must apply to the page as committed, once, and stay Python.
+
+    When this fails after a GPU run was committed, delete the page's entries from
+    tools/pending_edits.py: the page carries them now.
+    """
+    import ast
+
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    from resnorm import stamps
+
+    pending = _pending_edits()
+    edits = pending.PENDING[page]
+    nb = stamps.read_notebook(ROOT / page)
+    assert pending.problems(nb, edits) == []
+    before = stamps.code_hash(nb)
+    edited = pending.apply(nb, edits)
+    assert stamps.code_hash(edited) != before
+    for cell in edited["cells"]:
+        if cell["cell_type"] == "code":
+            ast.parse(TransformerManager().transform_cell("".join(cell["source"])))  # magics as IPython runs them
+    for _old, new, _why in edits:
+        assert sum("".join(c["source"]).count(new) for c in edited["cells"]) >= 1
+
+
+def test_a_pending_edit_that_does_not_apply_is_reported_and_stops_the_page():
+    pending = _pending_edits()
+    nb = {"cells": [{"cell_type": "code", "source": "x = 1\nx = 1\n"}]}
+    assert len(pending.problems(nb, [("no such text", "", "")])) == 1
+    assert len(pending.problems(nb, [("x = 1", "x = 2", "")])) == 1  # twice is as bad as never
+    with pytest.raises(ValueError):
+        pending.apply(nb, [("no such text", "", "")])
+    assert "pending" in (ROOT / "tools/gpu_session.sh").read_text()

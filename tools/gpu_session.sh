@@ -12,6 +12,8 @@
 #   sweep        the kernel sweep, written into kernels.TUNED            90 s
 #   performance  the performance chapter (after sweep, if both)         150 s
 # The environment is checked first (10 s); without the Jupyter wheels nothing else runs (exit 3).
+# Before a page runs, its code-cell edits waiting in tools/pending_edits.py are applied to this
+# copy, so the page that comes back carries them; a page whose edits do not apply is not run.
 set -u
 : "${OUT:?set OUT to the folder whose files come back}"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -28,6 +30,10 @@ step() {
     return $rc
 }
 
+pending() {
+    python3 tools/pending_edits.py "$1" || { echo "== $1 not run: its pending edits do not apply"; return 1; }
+}
+
 if ! step 60 python3 tools/gpu_env_check.py; then
     echo "the environment is not ready: was .gpu-wheels carried, and is there a CUDA GPU?"
     exit 3
@@ -36,6 +42,7 @@ status=0
 for part in "$@"; do
     case $part in
         training)
+            pending book/training.ipynb || { status=1; continue; }
             step 330 python3 -m resnorm.execute --mode full book/training.ipynb --copy-to "$OUT" || status=1
             cp src/resnorm/checkpoints/numbers_zh_en_gpu.pt "$OUT"/ ;;
         experiments)
@@ -45,6 +52,7 @@ for part in "$@"; do
             CUDA_LOG_FILE="$OUT/cuda_errors.log" step 60 python3 tools/gpu_calibrate.py --check-capture \
                 --out "$OUT/capture.json" \
                 || echo "the first CUDA-graph capture of a fresh process was not kept: expect slower runs"
+            pending book/experiments.ipynb || { status=1; continue; }
             step 400 python3 -m resnorm.execute --mode full book/experiments.ipynb --copy-to "$OUT" || status=1 ;;
         overhead)
             step 90 python3 tools/ln_overhead.py --out "$OUT/ln_overhead.json" || status=1 ;;
@@ -53,6 +61,7 @@ for part in "$@"; do
                 --write-kernels src/resnorm/kernels.py || status=1
             cp src/resnorm/kernels.py "$OUT"/ ;;
         performance)
+            pending book/performance.ipynb || { status=1; continue; }
             step 150 python3 -m resnorm.execute --mode full book/performance.ipynb --copy-to "$OUT" || status=1 ;;
         *)
             echo "unknown part '$part' (training, experiments, overhead, sweep, performance)"
